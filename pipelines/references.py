@@ -92,21 +92,16 @@ def train_unit(unit: TrainUnit, dataset: ImageDataset, manifest: SplitManifest,
         data = DeviceData.from_dataset(dataset, manifest.ids(view), device)
         seconds += fit(trained.model, data, recipe, seed=unit.seed + 1,
                        hooks=[MaskHook(masks)]).seconds
-    per_split = split_logits(trained.model, dataset, manifest, device)
-    metrics = model_metrics(per_split, mia_max_per_class=mia_max_per_class, seed=unit.seed)
-    info = {**asdict(unit), "train_seconds": seconds, "metrics": metrics,
-            "manifest": manifest.hash}
-    save_checkpoint(trained.model, store.model_path(unit.key), info)
-    table = outputs_table(per_split, method=unit.role, hparams_hash="", seed=unit.seed,
-                          model_id=unit.key)
-    write_output_table(table, store.outputs, experiment=store.experiment, role=unit.role,
-                       writer_id=unit.key)
-    store.write_json(store.model_info_path(unit.key), info)
-    return info
+    return store_trained_unit(unit, trained.model, seconds, dataset, manifest, store, device,
+                              mia_max_per_class)
 
 
 def _train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train worker: train this rank's share of the units, one round at a time."""
+    """Ray Train worker: train this rank's share of the units, one round at a time.
+
+    With ``data_parallel`` every worker trains every unit instead, on its shard of
+    each batch (``train_units_data_parallel``).
+    """
     import ray
     import ray.train
     import torch
@@ -118,6 +113,12 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     store: ResultsStore = loop_config["store"]
     units: list[TrainUnit] = loop_config["units"]
     device = ray.train.torch.get_device() if loop_config["use_gpu"] else torch.device("cpu")
+    if loop_config.get("data_parallel"):
+        # Every rank trains every unit together, on its shard of each batch.
+        finished = train_units_data_parallel(units, dataset, manifest, store, device,
+                                             loop_config["mia_max_per_class"])
+        ray.train.report({"finished": finished})
+        return
     rounds = (len(units) + world - 1) // world
     finished = 0
     for round_index in range(rounds):
@@ -133,6 +134,75 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     ray.train.report({"finished": finished})
 
 
+def train_units_data_parallel(units: list[TrainUnit], dataset: ImageDataset,
+                              manifest: SplitManifest, store: ResultsStore, device,
+                              mia_max_per_class: int = 5000) -> int:
+    """Every rank of the torch.distributed group trains each unit together, in order.
+
+    Rank 0 decides which units are done (one broadcast per unit, which is also the
+    barrier that keeps ranks in step while rank 0 evaluates and writes the last
+    one). Returns how many units this call trained (the same on every rank).
+    """
+    from unlearn_core.train.distributed import agree, barrier, world
+
+    rank, _ = world()
+    finished = 0
+    for unit in units:
+        if not agree(rank == 0 and not is_done(store, unit), device):
+            continue
+        train_unit_data_parallel(unit, dataset, manifest, store, device, mia_max_per_class)
+        finished += 1
+    barrier(device)  # rank 0 has written the last unit before any rank reports
+    return finished
+
+
+def train_unit_data_parallel(unit: TrainUnit, dataset: ImageDataset, manifest: SplitManifest,
+                             store: ResultsStore, device,
+                             mia_max_per_class: int = 5000) -> dict | None:
+    """``train_unit`` across every rank: train data-parallel, then rank 0 evaluates and stores.
+
+    Called on every rank of the torch.distributed group with the same arguments.
+    Returns the info dict on rank 0, None elsewhere.
+    """
+    from unlearn_core.train.distributed import world
+    from unlearn_core.train.source import TRAIN_VIEW, build_model
+
+    rank, size = world()
+    recipe = Recipe.from_dict(unit.recipe)
+    recording = unit.record_updates and rank == 0  # hooks see every rank's batch: one writer
+    if recording and store.updates_dir(unit.key).exists():
+        shutil.rmtree(store.updates_dir(unit.key))  # a crash mid-recording: start again
+    hooks = [UpdateRecorder(store.updates_dir(unit.key), seed=unit.seed)] if recording else []
+    data = DeviceData.from_dataset(dataset, manifest.ids(TRAIN_VIEW[unit.role]), device)
+    model = build_model(unit.model, dataset, unit.seed)
+    seconds = fit(model, data, recipe, seed=unit.seed, hooks=hooks, distributed=True).seconds
+    if unit.sparsity > 0:
+        masks = prune_model(model, unit.sparsity)  # same weights on every rank: same masks
+        seconds += fit(model, data, recipe, seed=unit.seed + 1, hooks=[MaskHook(masks)],
+                       distributed=True).seconds
+    if rank != 0:
+        return None
+    return store_trained_unit(unit, model, seconds, dataset, manifest, store, device,
+                              mia_max_per_class, extra={"data_parallel_workers": size})
+
+
+def store_trained_unit(unit: TrainUnit, model, seconds: float, dataset: ImageDataset,
+                       manifest: SplitManifest, store: ResultsStore, device,
+                       mia_max_per_class: int = 5000, extra: dict | None = None) -> dict:
+    """Evaluate and store a trained model exactly as ``train_unit`` does; info JSON last."""
+    per_split = split_logits(model, dataset, manifest, device)
+    metrics = model_metrics(per_split, mia_max_per_class=mia_max_per_class, seed=unit.seed)
+    info = {**asdict(unit), "train_seconds": seconds, "metrics": metrics,
+            "manifest": manifest.hash, **(extra or {})}
+    save_checkpoint(model, store.model_path(unit.key), info)
+    table = outputs_table(per_split, method=unit.role, hparams_hash="", seed=unit.seed,
+                          model_id=unit.key)
+    write_output_table(table, store.outputs, experiment=store.experiment, role=unit.role,
+                       writer_id=unit.key)
+    store.write_json(store.model_info_path(unit.key), info)
+    return info
+
+
 def run_references(config, units: list[TrainUnit], dataset: ImageDataset,
                    manifest: SplitManifest, store: ResultsStore, progress=None) -> float:
     """Train every unit not yet done as one Ray Train job; return the job's wall time."""
@@ -144,7 +214,9 @@ def run_references(config, units: list[TrainUnit], dataset: ImageDataset,
     if not pending:
         return 0.0
     refs = config.references
-    workers = min(refs.workers, len(pending))
+    data_parallel = refs.data_parallel
+    # data-parallel: every worker trains every unit; otherwise one unit per worker at most
+    workers = refs.workers if data_parallel else min(refs.workers, len(pending))
     use_gpu = refs.gpus_per_worker > 0
     resources = {"CPU": refs.cpus_per_worker}
     if use_gpu:
@@ -156,6 +228,7 @@ def run_references(config, units: list[TrainUnit], dataset: ImageDataset,
             "store": store, "units": pending, "use_gpu": use_gpu,
             "cpus_per_worker": refs.cpus_per_worker,
             "mia_max_per_class": config.mia_max_per_class,
+            "data_parallel": data_parallel,
         },
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),

@@ -7,11 +7,14 @@ recipe (digits, MLP) three ways into fresh folders:
   write checkpoint and outputs) with no Ray at all;
 - ``ray w=1``: one Ray Train job with one worker (same compute as plain: the
   difference is Ray's overhead);
-- ``ray w=W``: one Ray Train job with W workers (what the pipeline does).
+- ``ray w=W``: one Ray Train job with W workers (what the pipeline does);
+- ``dp w=W`` (with ``--data-parallel``): one job whose W workers train every
+  model together, each on 1/W of every batch (``references.data_parallel``).
 
 Prints wall times, the overhead ratio and the overhead per reference.
 
     python scripts/bench_pipeline.py --counts 8,32 --workers 2
+    python scripts/bench_pipeline.py --counts 1,4 --workers 2 --data-parallel
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--model", default="mlp")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--data-parallel", action="store_true",
+                        help="also time a data-parallel job (every worker on every model)")
     args = parser.parse_args()
     import ray
 
@@ -50,15 +56,20 @@ def main() -> None:
     print(f"ray.init: {init_s:.1f}s (paid once per run); {os.cpu_count()} CPUs, "
           f"model={args.model}, epochs={args.epochs}, torch threads={torch.get_num_threads()}")
     print(f"{'N':>4} {'plain s':>9} {'ray w=1 s':>10} {'ray w=' + str(args.workers) + ' s':>10} "
-          f"{'ray1/plain':>10} {'overhead/ref s':>15} {'speed-up w':>10}")
+          f"{'ray1/plain':>10} {'overhead/ref s':>15} {'speed-up w':>10}"
+          + (f" {'dp w=' + str(args.workers) + ' s':>10} {'dp/rayW':>8}"
+             if args.data_parallel else ""))
     for count in (int(c) for c in args.counts.split(",")):
         base = {"name": "bench", "source": {"model": args.model, "recipe": {
-            "epochs": args.epochs, "batch_size": 128, "lr": 0.05}},
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": 0.05}},
             "references": {"count": count, "workers": 1}, "methods": [{"name": "original"}]}
         timings = {}
-        for mode, workers in (("plain", 1), ("ray1", 1), ("rayW", args.workers)):
-            config = parse_config({**base, "references": {**base["references"],
-                                                          "workers": workers}})
+        modes = [("plain", 1), ("ray1", 1), ("rayW", args.workers)]
+        if args.data_parallel:
+            modes.append(("dp", args.workers))
+        for mode, workers in modes:
+            config = parse_config({**base, "references": {
+                **base["references"], "workers": workers, "data_parallel": mode == "dp"}})
             units = make_units(config, manifest.hash, record_updates=False)
             with tempfile.TemporaryDirectory() as folder:
                 store = ResultsStore.create(folder, "bench")
@@ -73,7 +84,9 @@ def main() -> None:
         overhead = (timings["ray1"] - timings["plain"]) / (count + 1)
         print(f"{count:>4} {timings['plain']:>9.1f} {timings['ray1']:>10.1f} "
               f"{timings['rayW']:>10.1f} {timings['ray1'] / timings['plain']:>10.2f} "
-              f"{overhead:>15.2f} {timings['plain'] / timings['rayW']:>10.2f}", flush=True)
+              f"{overhead:>15.2f} {timings['plain'] / timings['rayW']:>10.2f}"
+              + (f" {timings['dp']:>10.1f} {timings['dp'] / timings['rayW']:>8.2f}"
+                 if args.data_parallel else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ channels_last on CUDA, optional ``torch.compile``, and hooks (duck-typed objects
 with any of ``on_train_start(model, optimizer)``, ``before_step(model, batch)``,
 ``after_step(model, batch, epoch, step)``, ``on_epoch_end(model, epoch, loss)``,
 ``on_train_end(model)``) for the update recorder and pruning masks.
+``fit(..., distributed=True)`` trains one model data-parallel across the ranks of
+a ``torch.distributed`` process group (see ``unlearn_core.train.distributed``).
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unlearn_core.train.device_data import Batch, DeviceData
+from unlearn_core.train.distributed import GradientSync, shard_batch
 from unlearn_core.train.recipe import Recipe
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
+
+# Data-parallel ranks draw dropout from seed + rank * this (rank 0 as a single process).
+RANK_SEED_STRIDE = 1_000_003
 
 
 def seed_everything(seed: int) -> None:
@@ -126,6 +132,7 @@ def fit(
     parameters: Iterable[nn.Parameter] | None = None,
     progress: bool = False,
     desc: str = "train",
+    distributed: bool = False,
 ) -> FitResult:
     """Train ``model`` in place on ``data`` following ``recipe``.
 
@@ -133,6 +140,16 @@ def fit(
     dropout all come from ``seed``). ``parameters`` restricts what is optimised
     (e.g. only the last K layers); ``loss_fn(logits, batch)`` replaces the
     cross-entropy.
+
+    ``distributed=True``: every rank of the default ``torch.distributed`` process
+    group calls ``fit`` with the same model, data, recipe and seed; all draw the
+    same global batch of ``recipe.batch_size`` rows, each forwards its contiguous
+    1/W slice of it, and the gradients are summed (weighted by each slice's share
+    of rows) before every optimizer step, so each rank ends with the weights that
+    single-process training on the full batches gives (up to float summation
+    order; BatchNorm and dropout excepted, as with DDP). ``loss_fn`` must then be
+    a mean over the batch's rows. Hooks run on every rank and see the global
+    batch; install side-effecting ones (the update recorder) on one rank only.
     """
     recipe.validate()
     device = data.device
@@ -142,6 +159,10 @@ def fit(
     model = prepare_model(model, device)
     forward = torch.compile(model) if recipe.compile else model
     optimizer = make_optimizer(parameters if parameters is not None else model.parameters(), recipe)
+    sync = GradientSync(model, optimizer) if distributed else None
+    if sync is not None:
+        sync.broadcast_model()  # the same start on every rank, whatever each one did before
+        torch.manual_seed(seed + RANK_SEED_STRIDE * sync.rank)  # distinct dropout per rank
     steps_per_epoch = max(1, math.ceil(len(data) / recipe.batch_size))
     scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
     loss_fn = loss_fn or cross_entropy_loss(recipe.label_smoothing)
@@ -156,21 +177,31 @@ def fit(
         seen = 0
         for batch in data.batches(recipe.batch_size, shuffle=True, generator=generator,
                                   augment=recipe.augment):
-            x = batch.x.contiguous(memory_format=torch.channels_last) if channels_last else batch.x
+            # Data-parallel: every rank drew the same global batch; keep this rank's slice.
+            part = batch if sync is None else shard_batch(batch, sync.rank, sync.size)
             _call(hooks, "before_step", model, batch)
-            with autocast(device):
-                logits = forward(x)
-            loss = loss_fn(logits, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(part.y):  # a data-parallel slice of a short last batch can be empty
+                x = part.x.contiguous(memory_format=torch.channels_last) if channels_last \
+                    else part.x
+                with autocast(device):
+                    logits = forward(x)
+                loss = loss_fn(logits, part)
+                loss.backward()
+                # Accumulate on the device: no host sync per step.
+                loss_sum += loss.detach() * len(part.y)
+                seen += len(part.y)
+            if sync is not None:
+                sync.sync(len(part.y) / len(batch.y))
             optimizer.step()
             scheduler.step()
             _call(hooks, "after_step", model, batch, epoch, result.steps)
-            # Accumulate on the device: no host sync per step.
-            loss_sum += loss.detach() * len(batch.y)
-            seen += len(batch.y)
             result.steps += 1
-        epoch_loss = float(loss_sum) / max(1, seen)
+        if sync is not None:
+            total, seen = sync.reduce_loss(loss_sum, seen)
+            epoch_loss = total / max(1, seen)
+        else:
+            epoch_loss = float(loss_sum) / max(1, seen)
         result.epoch_losses.append(epoch_loss)
         _call(hooks, "on_epoch_end", model, epoch, epoch_loss)
         if bar is not None:
@@ -178,6 +209,8 @@ def fit(
             bar.update(1)
     if bar is not None:
         bar.close()
+    if sync is not None:
+        sync.broadcast_model()  # insurance: rank 0's weights everywhere (pruning ties etc.)
     _call(hooks, "on_train_end", model)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

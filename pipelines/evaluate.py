@@ -12,7 +12,12 @@ import numpy as np
 
 from unlearn_core.metrics.accuracy import accuracy_metrics, forgetting_metrics
 from unlearn_core.metrics.disparity import average_disparity
-from unlearn_core.metrics.mia import loss_lr_mia_from_outputs, mia_gaps, mia_metrics
+from unlearn_core.metrics.mia import (
+    HEADLINE_ATTACK,
+    loss_lr_mia_from_outputs,
+    mia_gaps,
+    mia_metrics,
+)
 from unlearn_core.metrics.similarity import similarity_metrics
 from unlearn_core.metrics.timing import time_metrics
 
@@ -64,6 +69,36 @@ def compared_metrics(
                                       source["retain/acc"], metrics["retain/acc"]))
     if unlearn_seconds is not None:
         out.update(time_metrics(unlearn_seconds, references.retrain_seconds))
+    return out
+
+
+def epoch_metrics(
+    per_split: SplitLogits,
+    references: ReferenceSummary,
+    *,
+    objective: str,
+    mia_max_per_class: int = 5000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Metrics of an intermediate model (an ASHA trial after one of its epochs), cheaper
+    than ``model_metrics`` + ``compared_metrics``.
+
+    Accuracies and UA, only the headline MIA (one SVC fit, the confidence attack:
+    ``mia/efficacy``), and what ``compared_metrics`` derives from them (disparity to the
+    references, the headline MIA gap, JS to the references, FR/MRR); no loss-LR MIA,
+    no time. That covers the default objective ``disparity/avg``; for any ``objective``
+    it does not cover, the full set is computed instead, so the sweep's objective is
+    always reported.
+    """
+    outputs = as_outputs(per_split)
+    metrics = accuracy_metrics(outputs)
+    if {"retain", "test", "forget"} <= set(outputs):
+        metrics.update(mia_metrics(outputs, attacks=(HEADLINE_ATTACK,),
+                                   max_per_class=mia_max_per_class, seed=seed))
+    out = compared_metrics(metrics, per_split, references, None)
+    if objective not in out:
+        full = model_metrics(per_split, mia_max_per_class=mia_max_per_class, seed=seed)
+        out = compared_metrics(full, per_split, references, None)
     return out
 
 

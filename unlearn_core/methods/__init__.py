@@ -12,6 +12,13 @@ and optionally ``REQUIRES`` (a frozenset of what the pipeline must provide, e.g.
 ``{"update_recording"}``) and ``ZERO_GLANCE = True`` for methods that may not
 read the forget set (the task then refuses every such read).
 
+Methods with an epoch loop set ``REPORTS_EPOCHS = True`` and call
+``task.end_epoch(model, epoch)`` after every epoch (from 1), and name in
+``EPOCHS_HPARAM`` the Hparams field holding that number of epochs (ASHA's
+``max_t``; a value of None there means the source recipe's epochs). A method
+with several phases reports one of them, the one its ``EPOCHS_HPARAM`` names
+(e.g. unsir's repair epochs, after the impair step), and says why there.
+
 Adding a method is one file plus one name in ``METHOD_MODULES``.
 """
 
@@ -72,6 +79,16 @@ def requirements(name: str) -> frozenset[str]:
 
 def is_zero_glance(name: str) -> bool:
     return bool(getattr(get_method(name), "ZERO_GLANCE", False))
+
+
+def reports_epochs(name: str) -> bool:
+    """Whether the method calls ``task.end_epoch`` after each epoch (ASHA can stop it)."""
+    return bool(getattr(get_method(name), "REPORTS_EPOCHS", False))
+
+
+def epochs_hparam(name: str) -> str | None:
+    """The Hparams field giving the number of epochs the method reports, if it reports."""
+    return getattr(get_method(name), "EPOCHS_HPARAM", None) if reports_epochs(name) else None
 
 
 def make_hparams(name: str, values: dict | None = None):

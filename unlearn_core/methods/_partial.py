@@ -30,7 +30,7 @@ equals its naive counterpart run through ``fit`` with the same recipe.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -185,11 +185,14 @@ def partial_fit(
     init: str,
     loss_fn=None,
     keep_history: bool = False,
+    hooks: Sequence[object] = (),
 ) -> tuple[FitResult, PartialUpdateHook]:
-    """``fit`` with layer-wise partial updates; ``densities`` = (start, end, shape)."""
+    """``fit`` with layer-wise partial updates; ``densities`` = (start, end, shape).
+
+    ``hooks`` are further ``fit`` hooks, run after the partial-update hook."""
     start, end, shape = densities
     num_layers = len(parameter_layers(model))
     hook = PartialUpdateHook(layer_densities(num_layers, start, end, shape), init, seed,
                              keep_history=keep_history)
-    result = fit(model, data, recipe, seed=seed, hooks=[hook], loss_fn=loss_fn)
+    result = fit(model, data, recipe, seed=seed, hooks=[hook, *hooks], loss_fn=loss_fn)
     return result, hook

@@ -248,7 +248,9 @@ def train_retain_js(
     lam: float = 0.0, js_reference: str = "source", trainable: list[str] | None = None,
     grad_masks: Masks | None = None,
 ) -> nn.Module:
-    """Adam on CE(D_RE) + λ·JS(P_model(x_f) ‖ P_ref(x_f)), x_f from D_UL (Eq. 8)."""
+    """Adam on CE(D_RE) + λ·JS(P_model(x_f) ‖ P_ref(x_f)), x_f from D_UL (Eq. 8).
+
+    Calls ``task.end_epoch`` after each epoch."""
     device = task.device
     model = prepare_model(model, device)
     params = dict(model.named_parameters())
@@ -278,7 +280,7 @@ def train_retain_js(
     model.train()
     for module in frozen_norms:
         module.eval()
-    for _ in range(epochs if keep else 0):
+    for epoch in range(epochs if keep else 0):
         for batch in task.retain.batches(batch_size, shuffle=True, generator=generator):
             loss = F.cross_entropy(forward(batch.x).float(), batch.y)
             if reference is not None:
@@ -292,6 +294,7 @@ def train_retain_js(
                 if params[name].grad is not None:
                     params[name].grad.mul_(m)
             optimizer.step()
+        task.end_epoch(model, epoch + 1)
     for name, p in params.items():
         p.requires_grad_(flags[name])
     return model

@@ -9,7 +9,7 @@ The released code (github.com/sachit3022/unlearning) trains every phase with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -50,11 +50,13 @@ def train_epochs(
     loss_fn: LossFn,
     lr_factor: Callable[[int], float] = lambda epoch: 1.0,
     penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+    hooks: Sequence[object] = (),
 ) -> list[float]:
     """``epochs`` shuffled passes over ``data``; the LR is base × ``lr_factor(epoch)``.
 
     ``penalty(model)`` is added to every step's loss (gradient surgery's L1 term).
-    Returns the mean loss of each epoch.
+    ``hooks``: objects with ``on_epoch_end(model, epoch, loss)`` (epoch from 0), as
+    in ``fit`` (e.g. ``common.EpochEnd``). Returns the mean loss of each epoch.
     """
     base = [group["lr"] for group in optimizer.param_groups]
     losses: list[float] = []
@@ -72,5 +74,7 @@ def train_epochs(
             total += loss.detach() * len(batch.y)
             seen += len(batch.y)
         losses.append(float(total) / max(1, seen))
+        for hook in hooks:
+            hook.on_epoch_end(model, epoch, losses[-1])
     set_lr(optimizer, base, 1.0)
     return losses

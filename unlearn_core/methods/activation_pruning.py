@@ -62,6 +62,9 @@ ACTIVATION_TYPES = (
     nn.Mish, nn.Hardswish, nn.Softplus,
 )
 MASK_SCOPES = ("channel", "map")
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
+EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported, prune epochs
+# included (ASHA's time axis)
 
 
 @dataclass(frozen=True)
@@ -253,4 +256,5 @@ def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
         else:
             for batch in retain:
                 train_step(model, batch, optimizer)
+        task.end_epoch(model, epoch + 1)
     return model

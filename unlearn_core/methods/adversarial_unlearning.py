@@ -62,6 +62,9 @@ from unlearn_core.train.device_data import Batch, DeviceData
 from unlearn_core.train.loop import prepare_model, seed_everything
 from unlearn_core.train.sparsity import apply_masks, masks_from_zeros
 
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch (pass over D_r)
+EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's time axis)
+
 
 @dataclass(frozen=True)
 class Hparams:
@@ -188,7 +191,7 @@ def adversarial_unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams
     records: dict[str, list] = {"attacker_acc": [], "alpha": [], "loss_d": [], "loss_a": [],
                                 "v_ss": []}
     iteration = 0
-    for _ in range(hp.epochs):
+    for epoch in range(hp.epochs):
         for batch_r in task.retain.batches(hp.batch_size, shuffle=True, generator=generator):
             alpha = alpha_at(iteration, hp, classwise)
             fb, vb = next(forget_batches), next(val_batches)
@@ -229,6 +232,7 @@ def adversarial_unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams
                                ("loss_a", -loss_a.detach()), ("v_ss", v_ss.detach())):
                 records[key].append(value)
             iteration += 1
+        task.end_epoch(model, epoch + 1)
     history.update({key: [float(v) for v in values] for key, values in records.items()})
     return model, history
 

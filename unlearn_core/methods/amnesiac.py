@@ -113,3 +113,11 @@ def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
         recipe = method_recipe(hp.finetune_epochs, hp.finetune_lr, hp.batch_size)
         fit(model, task.retain, recipe, seed=task.seed)
     return model
+
+
+def reported_metrics(task: UnlearnTask, hp: Hparams) -> dict[str, float]:
+    """Seed 001's storage cost (bytes kept for unlearning) and share of affected batches."""
+    recording = recording_of(task, "amnesiac")
+    dense = storage_bytes(recording)
+    return {"storage/bytes": float(dense), "storage/dense_bytes": float(dense),
+            "storage/affected_share": recording.affected_share(task.forget_ids)}

@@ -24,11 +24,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unlearn_core.methods.common import method_recipe
+from unlearn_core.methods.common import EpochEnd, method_recipe
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform
 from unlearn_core.train.device_data import Batch
 from unlearn_core.train.loop import fit
+
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
+EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's time axis)
 
 
 @dataclass(frozen=True)
@@ -80,5 +83,6 @@ def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
 
     recipe = method_recipe(hp.epochs, hp.lr, hp.batch_size, momentum=hp.momentum,
                            weight_decay=0.0)
-    fit(model, forget, recipe, seed=task.seed, loss_fn=boundary_shrink_loss)
+    fit(model, forget, recipe, seed=task.seed, loss_fn=boundary_shrink_loss,
+        hooks=[EpochEnd(task)])
     return model

@@ -17,6 +17,9 @@ from unlearn_core.methods._perturb import last_parameter_tensors, train_retain_j
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace
 
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
+EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's time axis)
+
 
 @dataclass(frozen=True)
 class Hparams:

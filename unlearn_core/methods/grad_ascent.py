@@ -11,10 +11,13 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from unlearn_core.methods.common import method_recipe, negative_cross_entropy
+from unlearn_core.methods.common import EpochEnd, method_recipe, negative_cross_entropy
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import IntUniform, LogUniform, SearchSpace
 from unlearn_core.train.loop import fit
+
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
+EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's time axis)
 
 
 @dataclass(frozen=True)
@@ -33,5 +36,6 @@ SEARCH_SPACE: SearchSpace = {
 
 def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
     recipe = method_recipe(hp.epochs, hp.lr, hp.batch_size, weight_decay=hp.weight_decay)
-    fit(model, task.forget, recipe, seed=task.seed, loss_fn=negative_cross_entropy)
+    fit(model, task.forget, recipe, seed=task.seed, loss_fn=negative_cross_entropy,
+        hooks=[EpochEnd(task)])
     return model

@@ -18,12 +18,16 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from unlearn_core.methods._partial import SCHEDULE_SHAPES, SELECTION_INITS, partial_fit
-from unlearn_core.methods.common import method_recipe, negative_cross_entropy
+from unlearn_core.methods.common import EpochEnd, method_recipe, negative_cross_entropy
 from unlearn_core.methods.grad_ascent import Hparams as GradAscentHparams
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace, Uniform
 
 _GA = GradAscentHparams()  # the naive counterpart's defaults, kept in one place
+
+
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
+EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's time axis)
 
 
 @dataclass(frozen=True)
@@ -53,5 +57,6 @@ def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
                            weight_decay=_GA.weight_decay)
     partial_fit(model, task.forget, recipe, seed=task.seed,
                 densities=(hp.density_start, hp.density_end, hp.density_shape),
-                init=hp.selection_init, loss_fn=negative_cross_entropy)
+                init=hp.selection_init, loss_fn=negative_cross_entropy,
+                hooks=[EpochEnd(task)])
     return model

@@ -32,10 +32,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unlearn_core.methods._seed002 import adamw, logits_of, train_epochs
+from unlearn_core.methods.common import EpochEnd
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform
 from unlearn_core.train.device_data import Batch, DeviceData
 from unlearn_core.train.loop import prepare_model, seed_everything
+
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch of the descent phase:
+EPOCHS_HPARAM = "epochs"  # ASHA's time axis. The ascent passes over D_f
+# come first, unreported (the model repairs D_r only in the descent).
 
 
 @dataclass(frozen=True)
@@ -135,5 +140,6 @@ def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
 
     train_epochs(model, task.retain, adamw(model, hp.lr, hp.weight_decay), epochs=hp.epochs,
                  batch_size=hp.batch_size, generator=generator, loss_fn=cross_entropy,
-                 lr_factor=lambda epoch: hp.lr_decay**epoch, penalty=l1_penalty(hp.l1))
+                 lr_factor=lambda epoch: hp.lr_decay**epoch, penalty=l1_penalty(hp.l1),
+                 hooks=[EpochEnd(task)])
     return model

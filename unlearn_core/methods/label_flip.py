@@ -20,11 +20,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from unlearn_core.methods.common import method_recipe
+from unlearn_core.methods.common import EpochEnd, method_recipe
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform
 from unlearn_core.train.device_data import DeviceData
 from unlearn_core.train.loop import fit
+
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
+EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's time axis)
 
 
 @dataclass(frozen=True)
@@ -60,5 +63,5 @@ def flipped_forget_set(task: UnlearnTask) -> DeviceData:
 def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
     recipe = method_recipe(hp.epochs, hp.lr, hp.batch_size, momentum=hp.momentum,
                            weight_decay=0.0)
-    fit(model, flipped_forget_set(task), recipe, seed=task.seed)
+    fit(model, flipped_forget_set(task), recipe, seed=task.seed, hooks=[EpochEnd(task)])
     return model

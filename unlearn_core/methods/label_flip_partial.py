@@ -19,10 +19,13 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from unlearn_core.methods._partial import SCHEDULE_SHAPES, SELECTION_INITS, partial_fit
-from unlearn_core.methods.common import method_recipe
+from unlearn_core.methods.common import EpochEnd, method_recipe
 from unlearn_core.methods.label_flip import flipped_forget_set
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace, Uniform
+
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
+EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's time axis)
 
 
 @dataclass(frozen=True)
@@ -52,5 +55,5 @@ def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
                            weight_decay=0.0)
     partial_fit(model, flipped_forget_set(task), recipe, seed=task.seed,
                 densities=(hp.density_start, hp.density_end, hp.density_shape),
-                init=hp.selection_init)
+                init=hp.selection_init, hooks=[EpochEnd(task)])
     return model

@@ -7,6 +7,12 @@ implementation: it re-exports ``grad_ascent``'s Hparams, SEARCH_SPACE and
 ``unlearn`` so that results list the baseline under seed 003's name.
 """
 
-from unlearn_core.methods.grad_ascent import SEARCH_SPACE, Hparams, unlearn
+from unlearn_core.methods.grad_ascent import (
+    EPOCHS_HPARAM,
+    REPORTS_EPOCHS,
+    SEARCH_SPACE,
+    Hparams,
+    unlearn,
+)
 
-__all__ = ["SEARCH_SPACE", "Hparams", "unlearn"]
+__all__ = ["EPOCHS_HPARAM", "REPORTS_EPOCHS", "SEARCH_SPACE", "Hparams", "unlearn"]

@@ -162,3 +162,15 @@ def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
     device = next(model.parameters()).device  # prune where the model lives (GPU: faster)
     subtract_updates(model, sum_pruned_updates(recording, affected, hp, device))  # Eq. 7
     return model
+
+
+def reported_metrics(task: UnlearnTask, hp: Hparams) -> dict[str, float]:
+    """Seed 001's storage: bytes of the pruned updates, vs amnesiac's dense updates."""
+    from unlearn_core.methods import amnesiac
+
+    recording = recording_of(task, "partial_amnesiac")
+    kept = storage_bytes(recording, hp)
+    dense = amnesiac.storage_bytes(recording)
+    return {"storage/bytes": float(kept), "storage/dense_bytes": float(dense),
+            "storage/saving": 1.0 - kept / dense if dense else 0.0,
+            "storage/affected_share": recording.affected_share(task.forget_ids)}

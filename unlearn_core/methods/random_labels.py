@@ -25,10 +25,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unlearn_core.methods._seed002 import adamw, train_epochs
+from unlearn_core.methods.common import EpochEnd
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import IntUniform, LogUniform, SearchSpace
 from unlearn_core.train.device_data import Batch
 from unlearn_core.train.loop import prepare_model, seed_everything
+
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch of the fine-tune phase:
+EPOCHS_HPARAM = "epochs"  # ASHA's time axis. The random-label passes
+# come first, unreported: a model mid-way through them has lost D_r too, so comparing
+# trials there would stop the ones that forget hardest, not the ones that will end best.
 
 
 @dataclass(frozen=True)
@@ -79,5 +85,5 @@ def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
                  loss_fn=random_label_loss)
     train_epochs(model, task.retain, adamw(model, hp.lr, hp.weight_decay), epochs=hp.epochs,
                  batch_size=hp.batch_size, generator=generator, loss_fn=cross_entropy,
-                 lr_factor=cosine)
+                 lr_factor=cosine, hooks=[EpochEnd(task)])
     return model

@@ -21,6 +21,9 @@ from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform
 from unlearn_core.train.loop import prepare_model
 
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
+EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's time axis)
+
 
 @dataclass(frozen=True)
 class Hparams:

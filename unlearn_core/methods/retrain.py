@@ -11,10 +11,15 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 
+from unlearn_core.methods.common import EpochEnd
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.models import create_model
 from unlearn_core.search import SearchSpace
 from unlearn_core.train.loop import fit
+
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
+EPOCHS_HPARAM = "epochs"  # Hparams field: epochs reported (ASHA's time axis); None:
+# the source recipe's epochs
 
 
 @dataclass(frozen=True)
@@ -33,5 +38,5 @@ def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
     images = task.retain.images
     torch.manual_seed(task.seed)
     fresh = create_model(task.model_name, task.num_classes, images.shape[1], images.shape[2])
-    fit(fresh, task.retain, recipe, seed=task.seed)
+    fit(fresh, task.retain, recipe, seed=task.seed, hooks=[EpochEnd(task)])
     return fresh

@@ -32,6 +32,9 @@ from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform
 from unlearn_core.train.device_data import Batch
 from unlearn_core.train.loop import prepare_model, seed_everything
 
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch (max + min pass)
+EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's time axis)
+
 
 @dataclass(frozen=True)
 class Hparams:
@@ -111,4 +114,5 @@ def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
                 max_step(student, teacher, batch, optimizer, hp)
         for batch in task.retain.batches(hp.batch_size, shuffle=True, generator=generator):
             min_step(student, teacher, batch, optimizer, hp)
+        task.end_epoch(student, epoch)
     return student

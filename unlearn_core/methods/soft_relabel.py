@@ -38,12 +38,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unlearn_core.methods._seed002 import adamw, logits_of, train_epochs
+from unlearn_core.methods.common import EpochEnd
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace
 from unlearn_core.train.device_data import Batch, DeviceData
 from unlearn_core.train.loop import prepare_model, seed_everything
 
 FEATURE_SPACES = ("penultimate", "logits")
+
+
+REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch of the fine-tune phase:
+EPOCHS_HPARAM = "epochs"  # ASHA's time axis. The soft-label passes over
+# D_f come first, unreported (as random_labels).
 
 
 @dataclass(frozen=True)
@@ -141,5 +147,5 @@ def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
 
     train_epochs(model, task.retain, adamw(model, hp.lr, hp.weight_decay), epochs=hp.epochs,
                  batch_size=hp.batch_size, generator=generator, loss_fn=cross_entropy,
-                 lr_factor=cosine)
+                 lr_factor=cosine, hooks=[EpochEnd(task)])
     return model

@@ -5,11 +5,21 @@ exposes only what the method may use. Zero-glance methods (seed 003) run on a
 task built with ``zero_glance=True``: any read of the forget set, its sample ids
 or the full training set raises ``ForgetSetAccessError``. The task enforces it;
 the method is not trusted.
+
+Per-epoch progress: a method with an epoch loop calls ``task.end_epoch(model,
+epoch)`` at the end of each epoch (``epoch`` counts from 1; a two-phase method
+counts the phase its ``EPOCHS_HPARAM`` names, see ``unlearn_core.methods``). It
+calls ``task.epoch_callback`` if one is set, e.g. to evaluate the intermediate
+model for an ASHA sweep. The callback may raise ``StopUnlearning`` to end the
+method there; the pipeline records such a trial as stopped.
 """
 
 from __future__ import annotations
 
 import copy
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +32,20 @@ from unlearn_core.train.recipe import Recipe
 
 class ForgetSetAccessError(PermissionError):
     """A zero-glance method tried to read the forget set."""
+
+
+class StopUnlearning(Exception):
+    """Raised by an epoch callback to end the method after ``epoch`` epochs.
+
+    ``metrics`` (optional) are the callback's evaluation of the model at that
+    epoch; ``reason`` says who stopped it (e.g. ``"asha"``).
+    """
+
+    def __init__(self, epoch: int, metrics: dict | None = None, reason: str = "") -> None:
+        super().__init__(f"stopped after epoch {epoch}" + (f" ({reason})" if reason else ""))
+        self.epoch = epoch
+        self.metrics = dict(metrics or {})
+        self.reason = reason
 
 
 @dataclass
@@ -41,6 +65,10 @@ class UnlearnTask:
     train_recipe: Recipe | None = None  # the source's training recipe (retrain uses it)
     update_recording: object | None = None  # RecordedUpdates of the source run (amnesiac)
     extras: dict = field(default_factory=dict)  # e.g. a retrained model for js_reference
+    # called as epoch_callback(model, epoch) by end_epoch (epoch counts from 1); may raise
+    # StopUnlearning to stop the method
+    epoch_callback: Callable[[nn.Module, int], None] | None = None
+    callback_seconds: float = 0.0  # wall time spent in epoch_callback (not the method's)
 
     def _guard(self, what: str) -> None:
         if self.zero_glance:
@@ -76,6 +104,37 @@ class UnlearnTask:
     @property
     def val(self) -> DeviceData:
         return self.val_data
+
+    def end_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Report the end of epoch ``epoch`` (from 1) of ``model``'s training.
+
+        Calls ``epoch_callback(model, epoch)`` if set, without letting it change
+        the run: every module's train/eval mode and the torch, NumPy and Python
+        random states are restored afterwards, so a method gives the same
+        weights with or without a callback, and the time spent in the callback
+        is added to ``callback_seconds`` (so timings can exclude it). An
+        exception from the callback (``StopUnlearning``) propagates to the caller
+        of ``unlearn``.
+        """
+        if self.epoch_callback is None:
+            return
+        cuda = self.device.type == "cuda"
+        if cuda:  # the epoch's queued kernels belong to the method's time
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        modes = [(m, m.training) for m in model.modules()]
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if cuda else []):
+                self.epoch_callback(model, epoch)
+        finally:
+            for module, mode in modes:
+                module.training = mode
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            self.callback_seconds += time.perf_counter() - start
 
     def source_copy(self) -> nn.Module:
         """A frozen deep copy of the source (teacher models, JS references)."""

@@ -39,13 +39,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unlearn_core.methods.common import method_recipe
+from unlearn_core.methods.common import EpochEnd, method_recipe
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import IntUniform, LogUniform, SearchSpace
 from unlearn_core.train.device_data import DeviceData
 from unlearn_core.train.loop import autocast, fit, make_optimizer, prepare_model, seed_everything
 
 ZERO_GLANCE = True
+REPORTS_EPOCHS = True  # calls task.end_epoch after every repair epoch:
+EPOCHS_HPARAM = "repair_epochs"  # ASHA's time axis. Noise learning and impair come first,
+# unreported: impair deliberately damages the model (the forget classes and some of D_r),
+# so trials are only comparable once repair has begun.
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,6 @@ def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
            hp, task.seed)
     repair = replace(method_recipe(hp.repair_epochs, hp.repair_lr, hp.batch_size,
                                    optimizer="adam", weight_decay=0.0), augment=False)
-    fit(model, retain, repair, seed=task.seed)
+    fit(model, retain, repair, seed=task.seed, hooks=[EpochEnd(task)])
     return model
 

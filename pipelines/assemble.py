@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 from pipelines.plots import layer_names, mia_keys, write_plots
 from unlearn_core.errors import UserInputError
 from unlearn_core.io import atomic_path, atomic_write_text
+from unlearn_core.metrics.accuracy import forgetting_metrics
 from unlearn_core.metrics.fscore import fscore_metrics, logit_scaled_confidence
 from unlearn_core.metrics.ulira import ulira_metrics
 from unlearn_core.outputs import logits_matrix, read_outputs
@@ -64,6 +65,8 @@ COLUMNS = (
     ("fscore/final_score", "F-score", 1),
     ("ulira/accuracy", "U-LiRA acc.", 100),  # 50 = indistinguishable from retraining
     ("similarity/js", "1-JS", 1),
+    ("fr", "FR", 100),  # seed 000, Eq. 15: forgetting rate
+    ("mrr", "MRR", 100),  # seed 000, Eq. 16: memory retention rate
     ("relearn/epochs", "Relearn (ep.)", 1),  # seed 003; ">cap" when never relearned
     ("degree/value", "Degree", 100),  # SPD-GAN unlearning degree (seed 000), in %
     ("storage/bytes", "Storage (MB)", 1e-6),  # seed 001
@@ -107,11 +110,22 @@ def method_rows(root: Path) -> dict[str, dict]:
             for k in summary["references"]]
     # Probes (distance, relearn, degree) exist for the first few references only.
     probes = summary.get("reference_probes", {})
+    source_info = root / "models" / f"{summary.get('source')}.json"
+    source = json.loads(source_info.read_text())["metrics"] if source_info.exists() else {}
     rows[REFERENCE_ROW] = {"metrics": [r["metrics"] | {"time/unlearn_s": r["train_seconds"]}
-                                       | probes.get(k, {})
+                                       | probes.get(k, {}) | _forgetting(source, r["metrics"])
                                        for k, r in zip(summary["references"], refs, strict=True)],
                            "model_ids": summary["references"], "hparams": {}, "failed": 0}
     return {m: rows[m] for m in summary["methods"] if m in rows}
+
+
+def _forgetting(source: dict, metrics: dict) -> dict[str, float]:
+    """FR and MRR of a reference against the source (trials compute theirs themselves)."""
+    keys = ("forget/acc", "retain/acc")
+    if not all(k in source and k in metrics for k in keys):
+        return {}
+    return forgetting_metrics(source["forget/acc"], metrics["forget/acc"],
+                              source["retain/acc"], metrics["retain/acc"])
 
 
 # --------------------------------------------------------------------------
@@ -246,12 +260,20 @@ def drop_empty_columns(header: list[str], body: list[list[str]],
     return [header[j] for j in columns], [[r[j] for j in columns] for r in body]
 
 
-def build_table(rows: dict[str, dict], *,
-                drop_empty: bool = True) -> tuple[list[str], list[list[str]]]:
-    """The main table: Method, n, then COLUMNS (all-"–" non-core columns dropped)."""
-    header = ["Method", "n"] + [title for _, title, _ in COLUMNS]
+def extra_column(key: str) -> tuple[str, str, float]:
+    """A column the config asks for by metric key (``table_columns``); accuracies in %."""
+    scale = 100 if "/acc" in key or key in ("ua", "fr", "mrr") else 1
+    return key, key, scale
+
+
+def build_table(rows: dict[str, dict], *, drop_empty: bool = True,
+                extra: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
+    """The main table: Method, n, COLUMNS, then ``extra`` metric keys (all-"–" non-core
+    columns dropped)."""
+    columns = list(COLUMNS) + [extra_column(k) for k in extra]
+    header = ["Method", "n"] + [title for _, title, _ in columns]
     body = [[method, str(len(row["metrics"]))]
-            + [_row_cell(row, key, scale) for key, _, scale in COLUMNS]
+            + [_row_cell(row, key, scale) for key, _, scale in columns]
             for method, row in rows.items()]
     if drop_empty:
         return drop_empty_columns(header, body, CORE_COLUMNS)
@@ -359,6 +381,16 @@ def tensor_order(root: Path, summary: dict) -> list[str] | None:
         return None
 
 
+def _config_columns(root: Path) -> list[str]:
+    """Extra columns the run's config names (``table_columns``), if any."""
+    path = root / "config.yaml"
+    if not path.exists():
+        return []
+    import yaml
+
+    return list((yaml.safe_load(path.read_text()) or {}).get("table_columns", []))
+
+
 def assemble(root: str | Path) -> dict:
     """Compute and write the tables and plots; return paths and the Markdown table.
 
@@ -373,7 +405,7 @@ def assemble(root: str | Path) -> dict:
     epsilons = add_fscores(root, summary["experiment"], rows, confidences)
     add_ulira(rows, confidences)
     tables = root / "tables"
-    header, body = build_table(rows)
+    header, body = build_table(rows, extra=_config_columns(root))
     markdown = write_table(tables, "results", header, body)
     mia_header, mia_body = build_mia_table(rows)
     mia_markdown = ""

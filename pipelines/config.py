@@ -18,11 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from unlearn_core.data.datasets import dataset_names
 from unlearn_core.data.forget import parse_forget_spec
 from unlearn_core.errors import UserInputError
-from unlearn_core.methods import get_method, is_zero_glance, make_hparams, method_names
+from unlearn_core.methods import (
+    get_method,
+    is_zero_glance,
+    make_hparams,
+    method_names,
+    reports_epochs,
+)
 from unlearn_core.models import model_names
 from unlearn_core.train.recipe import OPTIMIZERS, SCHEDULES
 
-SEARCH_ALGORITHMS = ("random", "grid", "optuna")
+SEARCH_ALGORITHMS = ("random", "grid", "optuna", "asha")
 
 
 class Strict(BaseModel):
@@ -90,11 +96,31 @@ class ReferencesConfig(Strict):
     workers: int = Field(2, ge=1)  # Ray Train workers; each trains its share of seeds
     cpus_per_worker: float = Field(1.0, gt=0.0)
     gpus_per_worker: float = Field(0.0, ge=0.0)
+    # True: all workers train each model together (data-parallel: each takes 1/workers of
+    # every batch, gradients summed; one large model); False: each trains its own models.
+    data_parallel: bool = False
 
 
 class ResourcesConfig(Strict):
     cpu: float = Field(1.0, gt=0.0)
     gpu: float = Field(0.0, ge=0.0)
+
+
+class AshaConfig(Strict):
+    """ASHA early stopping (``search: asha``): configs drawn as for ``random``, each trial
+    evaluated after every epoch and stopped at rungs grace_period·rf^k where it falls out
+    of the top 1/rf of the trials that reached that rung (Li et al., MLSys 2020). Only
+    for methods that report epochs (``unlearn_core.methods.reports_epochs``), e.g.::
+
+        - name: finetune
+          search: asha
+          trials: 16
+          fixed: {epochs: 10}     # one time axis for all trials: ASHA's max_t
+          asha: {grace_period: 1, reduction_factor: 2}
+    """
+
+    grace_period: int = Field(1, ge=1)  # epochs before a trial can first be stopped
+    reduction_factor: float = Field(2.0, gt=1.0)  # rf: 1/rf of the trials pass each rung
 
 
 class MethodConfig(Strict):
@@ -104,6 +130,7 @@ class MethodConfig(Strict):
     fixed: dict[str, Any] = Field(default_factory=dict)  # hparams held fixed
     space: dict[str, dict[str, Any]] = Field(default_factory=dict)  # overrides of SEARCH_SPACE
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    asha: AshaConfig = Field(default_factory=AshaConfig)  # read only with search: asha
 
     @field_validator("name")
     @classmethod
@@ -129,6 +156,12 @@ class MethodConfig(Strict):
                 raise ValueError(
                     f"space.{key}: expected one of {{{', '.join(DOMAIN_KINDS)}: ...}}, got {spec}"
                 )
+        if self.search == "asha" and not reports_epochs(self.name):
+            reporting = [m for m in method_names() if reports_epochs(m)]
+            raise ValueError(
+                f"search: asha stops trials between epochs, but {self.name} reports no "
+                f"epochs; use random, grid or optuna, or a method that does: {reporting}"
+            )
         return self
 
 
@@ -138,6 +171,38 @@ DOMAIN_KINDS = ("uniform", "loguniform", "randint", "choice")
 class ObjectiveConfig(Strict):
     metric: str = "disparity/avg"  # default: average disparity to the references (seed 004)
     mode: Literal["min", "max"] = "min"
+
+
+class RelearnConfig(Strict):
+    """Relearn time (seed 003, §V "RT"): epochs of training on ``samples`` random
+    examples of D until forget accuracy reaches the source's; reported ">cap" if not."""
+
+    enabled: bool = True
+    samples: int = Field(500, ge=1)  # seed 003: 500 random samples of D per epoch
+    cap: int = Field(50, ge=1)  # 003 reports up to 100 epochs; 50 keeps sweeps cheap (ours)
+    tolerance: float = Field(0.0, ge=0.0, le=1.0)  # accepted shortfall below the source's acc
+
+
+class DegreeConfig(Strict):
+    """SPD-GAN unlearning degree (seed 000, §3.3, Alg. 2); trains a generator per model."""
+
+    enabled: bool = False
+    eta: float = Field(0.03, gt=0.0)  # seed 000, Eq. 11
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    # small batches: forget sets are small and the generator needs enough Adam steps (ours)
+    batch_size: int = Field(32, ge=1)
+
+
+class MetricsConfig(Strict):
+    """Metrics that need the model itself, not only its stored outputs."""
+
+    relearn: RelearnConfig = Field(default_factory=RelearnConfig)
+    degree: DegreeConfig = Field(default_factory=DegreeConfig)
+    # layer-wise weight distance to the source and forget-set prediction distribution (003)
+    distance: bool = True
+    # references that get these metrics too (the retrain row); each costs a relearn run
+    references: int = Field(4, ge=0)
 
 
 class SmokeConfig(Strict):
@@ -158,6 +223,9 @@ class ExperimentConfig(Strict):
     replicates: int = Field(4, ge=1)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     mia_max_per_class: int = Field(5000, ge=10)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    # extra table columns by metric key, e.g. test/acc_class_7 (seed 001's retained classes)
+    table_columns: list[str] = Field(default_factory=list)
     tracking_uri: str | None = None
     results_dir: str = "results"
     device: str = "auto"

@@ -17,12 +17,14 @@ import yaml
 
 from pipelines.assemble import assemble
 from pipelines.config import ExperimentConfig
+from pipelines.probes import ProbeSettings, reference_probes
 from pipelines.references import make_units, reference_summary, run_references
 from pipelines.store import ResultsStore
 from pipelines.sweep import (
     SweepContext,
     best_hparams,
     planned_trials,
+    probe_salt,
     replicate,
     sweep_method,
     trial_key,
@@ -32,6 +34,7 @@ from unlearn_core.data.datasets import load_dataset
 from unlearn_core.data.manifest import SplitOptions, make_manifest
 from unlearn_core.io import atomic_write_text
 from unlearn_core.methods import requirements
+from unlearn_core.train.recipe import Recipe
 
 # The retrain row comes from the references: never train the gold standard twice.
 REFERENCE_METHOD = "retrain"
@@ -139,11 +142,27 @@ def run_experiment(
         bar.set(len(units))
         bar.close()
         summary = reference_summary(store, units)
+        probes = ProbeSettings.from_config(config.metrics)
+        salt = probe_salt(probes)
+        probed_keys = [u.key for u in units if u.role == "retrain"][:config.metrics.references]
+        if probes.any and probed_keys:
+            _say(f"[references] probes (distance/relearn/degree) of {len(probed_keys)} "
+                 "references, for the retrain row")
+        bar = _Bar(len(probed_keys) if probes.any else 0, "reference probes")
+        ref_probes = reference_probes(
+            store, units[0].key, probed_keys, units[0].model, dataset, manifest, probes,
+            recipe=Recipe.from_dict(units[0].recipe),
+            source_forget_acc=summary.source_metrics.get("forget/acc"), salt=salt,
+            device=_device(config), progress=bar.add)
+        bar.close()
         with tracker.nested("references", {"stage": "references"}):
+            storage = store.updates_dir(units[0].key)
             tracker.log_metrics({**{f"reference/{k}": v for k, v in summary.metrics.items()},
                                  "reference/count": len(units) - 1,
                                  "reference/train_s_mean": summary.retrain_seconds,
-                                 "reference/stage_wall_s": wall})
+                                 "reference/stage_wall_s": wall,
+                                 **({"source/update_storage_bytes": _folder_bytes(storage)}
+                                    if storage.exists() else {})})
 
         source = units[0]
         context = SweepContext(
@@ -152,6 +171,7 @@ def run_experiment(
             objective_metric=config.objective.metric, objective_mode=config.objective.mode,
             mia_max_per_class=config.mia_max_per_class,
             reference_keys=tuple(u.key for u in units if u.role == "retrain"),
+            probes=probes,
         )
         total_trials = sum(planned_trials(m) for m in methods)
         _say(f"[sweep] {len(methods)} method(s), up to {total_trials} trials, "
@@ -167,9 +187,12 @@ def run_experiment(
                 with tracker.nested(method.name, {"stage": "sweep", "method": method.name}):
                     for record in records:
                         tracker.log_trial(record)
-                failed = sum(r["status"] != "ok" for r in records)
+                failed = sum(r["status"] == "failed" for r in records)
+                stopped = sum(r["status"] == "stopped" for r in records)  # by ASHA
                 _say(f"[sweep] {method.name}: {len(records)} trials"
-                     f"{f', {failed} failed' if failed else ''}; best {best[method.name]}")
+                     f"{f', {failed} failed' if failed else ''}"
+                     f"{f', {stopped} stopped early' if stopped else ''}; "
+                     f"best {best[method.name]}")
         bar.close()
 
         jobs = [{"method": name, "hparams": hp, "seed": seed}
@@ -183,7 +206,8 @@ def run_experiment(
                   {"cpu": cpu, "gpu": gpu}, progress=bar.add, ensure_ray=ensure_ray)
         bar.close()
         replicate_keys = {
-            name: [trial_key(source.key, name, hp, seed) for seed in range(config.replicates)]
+            name: [trial_key(source.key, name, hp, seed, salt)
+                   for seed in range(config.replicates)]
             for name, hp in best.items() if hp is not None
         }
         with tracker.nested("replicate", {"stage": "replicate"}):
@@ -199,6 +223,7 @@ def run_experiment(
             "experiment": config.name, "methods": order, "replicates": replicate_keys,
             "references": [u.key for u in units if u.role == "retrain"],
             "source": source.key, "best": best, "manifest": manifest.hash,
+            "reference_probes": ref_probes,
             "config_hash": config.config_hash(),
         })
         _say("[assemble] tables and plots")
@@ -219,6 +244,19 @@ def run_experiment(
     _say(f"mlflow   {uri}   (view: mlflow ui --backend-store-uri {uri})")
     _say(f"done in {elapsed:.1f}s")
     return {"store": store, "uri": uri, "assembled": assembled, "seconds": elapsed}
+
+
+def _device(config: ExperimentConfig) -> str:
+    """Where the driver probes references: the config's device, else CUDA when present."""
+    if config.device != "auto":
+        return config.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def quickstart_config_path() -> Path:

@@ -7,6 +7,20 @@ exists returns it without work, so a re-run (or a run resumed after the driver
 was killed) repeats only the trials that were in flight, and no trial is ever
 stored twice. A trial that raises or diverges (non-finite weights or outputs) is
 recorded as failed with its reason; the sweep goes on.
+
+``search: asha`` (methods with ``REPORTS_EPOCHS``): configs are drawn on the
+driver as for ``random``; each trial evaluates its model after every epoch but
+the last (``epoch_metrics``: accuracies, the headline MIA, disparity) and
+reports it to Ray Tune's ``ASHAScheduler`` (time = epochs, ``max_t`` = the most
+epochs any config asks for). A trial ASHA stops is recorded by the driver, the
+moment ASHA decides, with ``status: "stopped"``, ``stopped_by: "asha"``,
+``epochs_run`` and the metrics and objective of its last reported epoch; it
+writes no per-sample outputs. A stopped record is "done" for ASHA sweeps only
+(so a resumed ASHA sweep skips it); any other run of the same trial key (a
+random sweep, a replicate) reruns the trial to the end and replaces it. The
+best config is chosen among finished ("ok") trials only: a stopped trial's
+metrics are those of a partly trained model, and ASHA always lets at least the
+first trial at every rung finish.
 """
 
 from __future__ import annotations
@@ -15,20 +29,27 @@ import copy
 import math
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from pipelines.evaluate import ReferenceSummary, compared_metrics, model_metrics
+from pipelines.evaluate import ReferenceSummary, compared_metrics, epoch_metrics, model_metrics
 from pipelines.keys import normalise_hparams, stable_hash
+from pipelines.probes import ProbeSettings, probe_model
 from pipelines.store import ResultsStore
 from pipelines.tune_space import merged_space, tune_param_space
 from unlearn_core.checkpoint import load_checkpoint
 from unlearn_core.data.manifest import SplitManifest
 from unlearn_core.data.types import ImageDataset
-from unlearn_core.methods import get_method, is_zero_glance, make_hparams, requirements
-from unlearn_core.methods.task import make_task
+from unlearn_core.methods import (
+    epochs_hparam,
+    get_method,
+    is_zero_glance,
+    make_hparams,
+    requirements,
+)
+from unlearn_core.methods.task import StopUnlearning, make_task
 from unlearn_core.outputs import outputs_table, split_logits, write_outputs
 from unlearn_core.search import grid_configs, sample_configs
 from unlearn_core.train.recipe import Recipe
@@ -52,10 +73,23 @@ class SweepContext:
     mia_max_per_class: int
     reference_keys: tuple[str, ...] = ()
     device: str = "cpu"
+    # model probes (distance, relearn, degree); off unless the run enables them
+    probes: ProbeSettings = field(
+        default_factory=lambda: ProbeSettings(distance=False, relearn=False, degree=False))
+
+    @property
+    def trial_salt(self) -> str:
+        """What else shapes a trial's record: the probe settings (not the unlearning)."""
+        return probe_salt(self.probes)
 
 
-def trial_key(source_key: str, method: str, hparams: dict, seed: int) -> str:
-    return f"{method}-" + stable_hash(source_key, method, normalise_hparams(hparams), seed)
+def probe_salt(probes: ProbeSettings) -> str:
+    return stable_hash(asdict(probes)) if probes.any else ""
+
+
+def trial_key(source_key: str, method: str, hparams: dict, seed: int, salt: str = "") -> str:
+    parts = (source_key, method, normalise_hparams(hparams), seed) + ((salt,) if salt else ())
+    return f"{method}-" + stable_hash(*parts)
 
 
 def _worst(mode: str) -> float:
@@ -75,14 +109,39 @@ def _extras(ctx: SweepContext, device: torch.device) -> dict:
     return {"retrain_model": reference.to(device).eval().requires_grad_(False)}
 
 
+def _reported(method: str, task, hp) -> dict[str, float]:
+    """Metrics only the method knows (seed 001's storage), computed after the timed part."""
+    report = getattr(get_method(method), "reported_metrics", None)
+    return {k: float(v) for k, v in report(task, hp).items()} if report else {}
+
+
+def _probes(ctx: SweepContext, model, source, per_split, seed: int, device) -> dict[str, float]:
+    if not ctx.probes.any:
+        return {}
+    refs = ctx.references.forget_logits
+    return probe_model(
+        model, source, ctx.dataset, ctx.manifest, ctx.probes,
+        recipe=Recipe.from_dict(ctx.source_recipe),
+        source_forget_acc=ctx.references.source_metrics.get("forget/acc"),
+        forget_logits=per_split["forget"][2],
+        reference_forget_logits=refs[0] if len(refs) else None,
+        device=device, seed=seed,
+    )
+
+
 def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
-              stage: str, sweep_key: str | None = None) -> dict:
-    """Unlearn once, evaluate, store; return the trial record (cached if already stored)."""
+              stage: str, sweep_key: str | None = None, epoch_callback=None) -> dict:
+    """Unlearn once, evaluate, store; return the trial record (cached if already stored).
+
+    ``epoch_callback(model, epoch)`` (ASHA) is called by the method after each epoch;
+    if it raises ``StopUnlearning`` the trial is recorded as stopped.
+    """
     hparam_values = normalise_hparams(hparam_values)
-    key = trial_key(ctx.source_key, method, hparam_values, seed)
+    key = trial_key(ctx.source_key, method, hparam_values, seed, ctx.trial_salt)
     path = ctx.store.trial_path(method, key)
-    if path.exists():
-        return {**ctx.store.read_json(path), "cached": True}
+    stored = ctx.store.read_json(path) if path.exists() else None
+    if stored is not None and _is_done(stored, asha=epoch_callback is not None):
+        return {**stored, "cached": True}
     record = {"trial_key": key, "method": method, "stage": stage, "seed": seed,
               "sweep_key": sweep_key,
               "hparams": hparam_values, "status": "ok", "error": None, "metrics": {},
@@ -103,12 +162,13 @@ def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
             zero_glance=is_zero_glance(method), update_recording=recording,
             extras=_extras(ctx, device),
         )
+        task.epoch_callback = epoch_callback
         torch.manual_seed(seed)
         start = time.perf_counter()
         model = get_method(method).unlearn(model.to(device), task, hp)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        record["seconds"] = time.perf_counter() - start
+        record["seconds"] = time.perf_counter() - start - task.callback_seconds
         if not _finite_model(model):
             raise FloatingPointError("diverged: non-finite weights (NaN/inf)")
         per_split = split_logits(model, ctx.dataset, ctx.manifest, device)
@@ -116,12 +176,17 @@ def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
             raise FloatingPointError("diverged: non-finite outputs (NaN/inf)")
         metrics = model_metrics(per_split, mia_max_per_class=ctx.mia_max_per_class, seed=seed)
         metrics = compared_metrics(metrics, per_split, ctx.references, record["seconds"])
+        metrics.update(_reported(method, task, hp))
+        metrics.update(_probes(ctx, model, source, per_split, seed, device))
         record["metrics"] = metrics
         record["objective"] = metrics.get(ctx.objective_metric)
         table = outputs_table(per_split, method=method,
                               hparams_hash=stable_hash(hparam_values), seed=seed, model_id=key)
         write_outputs(table, ctx.store.outputs, experiment=ctx.store.experiment,
                       role="unlearned", writer_id=key)
+    except StopUnlearning as stop:  # an epoch callback ended the method early
+        _mark_stopped(record, stop.epoch, stop.metrics, stop.reason,
+                      time.perf_counter() - start - task.callback_seconds, ctx)
     except Exception as err:  # recorded, never fatal to the sweep
         record["status"] = "failed"
         record["error"] = f"{type(err).__name__}: {err}"
@@ -136,6 +201,8 @@ def _trainable(config: dict, ctx: SweepContext) -> None:
     from ray import tune
 
     job = config.get("__job")
+    if job is not None and job.get("asha"):  # reports every epoch to the ASHA scheduler
+        return _asha_trial(ctx, job)
     if job is not None:  # explicit (method, hparams, seed): drawn on the driver
         record = run_trial(ctx, job["method"], job["hparams"], job["seed"], job["stage"],
                            job.get("sweep_key"))
@@ -148,16 +215,18 @@ def _trainable(config: dict, ctx: SweepContext) -> None:
 
 
 def _run_tuner(ctx: SweepContext, param_space: dict, num_samples: int, search_alg,
-               resources: dict, name: str, progress) -> None:
+               resources: dict, name: str, progress, scheduler=None) -> None:
     from ray import tune
 
     callbacks = [_progress_callback(progress)] if progress else []
+    if scheduler is not None:  # it may stop trials: record them (before progress counts)
+        callbacks.insert(0, _stopped_trial_recorder(ctx))
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_trainable, ctx=ctx), resources),
         param_space=param_space,
         tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg,
-                                    metric="objective", mode=ctx.objective_mode,
-                                    reuse_actors=True),
+                                    scheduler=scheduler, metric="objective",
+                                    mode=ctx.objective_mode, reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=str(ctx.store.root / "ray"),
                                   verbose=0, callbacks=callbacks),
     )
@@ -165,16 +234,15 @@ def _run_tuner(ctx: SweepContext, param_space: dict, num_samples: int, search_al
 
 
 def _job_key(ctx: SweepContext, job: dict) -> str:
-    return trial_key(ctx.source_key, job["method"], job["hparams"], job["seed"])
+    return trial_key(ctx.source_key, job["method"], job["hparams"], job["seed"], ctx.trial_salt)
 
 
 def run_jobs(ctx: SweepContext, jobs: list[dict], resources: dict, name: str,
-             progress=None, ensure_ray=None) -> None:
+             progress=None, ensure_ray=None, scheduler=None) -> None:
     """Run explicit jobs as one Tune run (a grid over the jobs not yet stored)."""
     from ray import tune
 
-    pending = [j for j in jobs if not ctx.store.trial_path(j["method"],
-                                                             _job_key(ctx, j)).exists()]
+    pending = [j for j in jobs if not _job_done(ctx, j)]
     if progress:
         progress(len(jobs) - len(pending))
     if not pending:
@@ -182,7 +250,7 @@ def run_jobs(ctx: SweepContext, jobs: list[dict], resources: dict, name: str,
     if ensure_ray:
         ensure_ray()
     _run_tuner(ctx, {"__job": tune.grid_search(pending)}, 1, None, resources,
-               f"{name}-{stable_hash(pending, length=8)}", progress)
+               f"{name}-{stable_hash(pending, length=8)}", progress, scheduler)
 
 
 def planned_trials(method_cfg) -> int:
@@ -233,12 +301,17 @@ def sweep_method(ctx: SweepContext, method_cfg, seed: int = 0, progress=None,
         configs = sample_configs(space, method_cfg.trials, seed=int(sweep_key[:8], 16))
     jobs = [{"method": method_cfg.name, "hparams": normalise_hparams({**fixed, **c}),
              "seed": seed, "stage": "sweep", "sweep_key": sweep_key} for c in configs]
-    run_jobs(ctx, jobs, resources, name, progress, ensure_ray)
+    scheduler = None
+    if method_cfg.search == "asha":  # drawn as for random; trials may stop early
+        jobs = [{**j, "asha": True} for j in jobs]
+        scheduler = _asha_scheduler(ctx, method_cfg, jobs)
+    run_jobs(ctx, jobs, resources, name, progress, ensure_ray, scheduler)
     return [ctx.store.read_json(ctx.store.trial_path(j["method"], _job_key(ctx, j)))
             for j in jobs]
 
 
 def best_hparams(records: list[dict], mode: str) -> dict | None:
+    """The hparams of the best finished trial: failed and ASHA-stopped ones never win."""
     ok = [r for r in records if r["status"] == "ok"]
     if not ok:
         return None
@@ -266,3 +339,144 @@ def _progress_callback(progress):
             progress(1)
 
     return ProgressCallback()
+
+
+# ---------------------------------------------------------------- ASHA (search: asha)
+
+ASHA_WORST = 1e30  # a finite stand-in for ±inf: ASHA's rung quantiles turn inf into nan
+
+
+def _is_done(record: dict, asha: bool) -> bool:
+    """A stored record ends its trial, except a stopped one outside an ASHA sweep."""
+    return record.get("status") != "stopped" or asha
+
+
+def _job_done(ctx: SweepContext, job: dict) -> bool:
+    path = ctx.store.trial_path(job["method"], _job_key(ctx, job))
+    return path.exists() and _is_done(ctx.store.read_json(path), bool(job.get("asha")))
+
+
+def _mark_stopped(record: dict, epoch: int, metrics: dict, reason: str,
+                  seconds: float | None, ctx: SweepContext) -> None:
+    """Turn a trial record into a stopped one: the metrics of its last evaluated epoch."""
+    record.update(status="stopped", error=None, epochs_run=int(epoch),
+                  stopped_by=reason or None, metrics=dict(metrics), seconds=seconds,
+                  objective=metrics.get(ctx.objective_metric))
+    if record["objective"] is None or not math.isfinite(record["objective"]):
+        record["objective"] = _worst(ctx.objective_mode)
+
+
+def planned_epochs(ctx: SweepContext, method: str, hparams: dict) -> int | None:
+    """How many epochs a trial will report (its ``EPOCHS_HPARAM``; None there means the
+    source recipe's epochs); None if the method does not report or the hparams are bad."""
+    field_name = epochs_hparam(method)
+    if field_name is None:
+        return None
+    try:
+        value = getattr(make_hparams(method, hparams), field_name)
+    except Exception:  # run_trial records the error
+        return None
+    return int(ctx.source_recipe["epochs"] if value is None else value)
+
+
+def _asha_objective(value: float | None, mode: str) -> float:
+    """The objective as ASHA sees it: nan when missing (ASHA then ignores the trial's
+    result), a large finite worst when non-finite (a diverged or failed trial)."""
+    if value is None:
+        return math.nan
+    if not math.isfinite(value):
+        return ASHA_WORST if mode == "min" else -ASHA_WORST
+    return float(value)
+
+
+def _asha_scheduler(ctx: SweepContext, method_cfg, jobs: list[dict]):
+    from ray.tune.schedulers import ASHAScheduler
+
+    epochs = [planned_epochs(ctx, j["method"], j["hparams"]) for j in jobs]
+    max_t = max([e for e in epochs if e] or [1])
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                         grace_period=min(method_cfg.asha.grace_period, max_t),
+                         reduction_factor=method_cfg.asha.reduction_factor)
+
+
+class EpochReporter:
+    """An ASHA trial's epoch callback (runs in the Tune worker): evaluate the model after
+    each epoch but the last and ``tune.report`` it (one Tune iteration per epoch).
+
+    The last epoch is reported by the trial itself, with its full record, once stored;
+    so a trial that ran all its epochs is always recorded as finished. When ASHA stops
+    the trial, ``tune.report`` does not return (Ray ends the worker thread with
+    ``SystemExit``): the driver has already recorded it (``_stopped_trial_recorder``).
+    """
+
+    def __init__(self, ctx: SweepContext, key: str, seed: int, epochs: int | None) -> None:
+        self.ctx, self.key, self.seed, self.epochs = ctx, key, seed, epochs
+        self.started = time.perf_counter()
+        self.overhead = 0.0  # seconds spent here (evaluating, waiting on the driver)
+
+    def __call__(self, model: torch.nn.Module, epoch: int) -> None:
+        if self.epochs is not None and epoch >= self.epochs:
+            return
+        from ray import tune
+
+        entered = time.perf_counter()
+        ctx = self.ctx
+        device = next(model.parameters()).device
+        per_split = split_logits(model, ctx.dataset, ctx.manifest, device)
+        if not all(np.isfinite(logits).all() for _, _, logits in per_split.values()):
+            raise FloatingPointError(f"diverged: non-finite outputs (NaN/inf) at epoch {epoch}")
+        metrics = epoch_metrics(per_split, ctx.references, objective=ctx.objective_metric,
+                                mia_max_per_class=ctx.mia_max_per_class, seed=self.seed)
+        seconds = entered - self.started - self.overhead  # the method's time so far
+        try:
+            tune.report({"objective": _asha_objective(metrics.get(ctx.objective_metric),
+                                                      ctx.objective_mode),
+                         "failed": False, "trial_key": self.key, "epoch": epoch,
+                         "epoch_metrics": metrics, "seconds": seconds})
+        finally:
+            self.overhead += time.perf_counter() - entered
+
+
+def _asha_trial(ctx: SweepContext, job: dict) -> None:
+    """One ASHA trial: ``run_trial`` with an ``EpochReporter``, then its final report."""
+    from ray import tune
+
+    epochs = planned_epochs(ctx, job["method"], job["hparams"])
+    reporter = EpochReporter(ctx, _job_key(ctx, job), job["seed"], epochs)
+    record = run_trial(ctx, job["method"], job["hparams"], job["seed"], job["stage"],
+                       job.get("sweep_key"), epoch_callback=reporter)
+    tune.report({"objective": _asha_objective(record["objective"], ctx.objective_mode),
+                 "failed": record["status"] != "ok", "trial_key": record["trial_key"],
+                 "epoch": record.get("epochs_run", epochs)})
+
+
+def _stopped_record(ctx: SweepContext, job: dict, result: dict) -> dict:
+    """The record of a trial ASHA stopped, from its last epoch report."""
+    record = {"trial_key": result["trial_key"], "method": job["method"],
+              "stage": job["stage"], "seed": job["seed"], "sweep_key": job.get("sweep_key"),
+              "hparams": normalise_hparams(job["hparams"]), "status": "stopped",
+              "error": None, "metrics": {}, "objective": None, "seconds": None}
+    _mark_stopped(record, result["epoch"], result["epoch_metrics"], "asha",
+                  result.get("seconds"), ctx)
+    return record
+
+
+def _stopped_trial_recorder(ctx: SweepContext):
+    """A Tune callback (runs in the driver) writing the record of every trial the
+    scheduler stopped. Tune calls it when it decides to stop the trial, before it
+    releases the worker (blocked in ``tune.report``), so the record is written once,
+    by the driver, whatever happens to the worker afterwards."""
+    from ray.tune import Callback
+
+    class StoppedTrialRecorder(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            job = trial.config.get("__job")
+            # an epoch report that ended the trial (done): the scheduler stopped it
+            if not job or not result.get("done") or "epoch_metrics" not in result:
+                return
+            path = ctx.store.trial_path(job["method"], result["trial_key"])
+            if not path.exists():
+                ctx.store.write_json(path, _stopped_record(ctx, job, result))
+
+    return StoppedTrialRecorder()

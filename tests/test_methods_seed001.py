@@ -212,6 +212,21 @@ def test_storage_bytes_match_the_recorder(lenet):
     assert partial_amnesiac.storage_bytes(dense, none) == full
 
 
+
+def test_reported_storage_metrics(lenet):
+    """The pipeline's storage keys: dense bytes, pruned bytes, saving, affected share."""
+    task, dense = lenet.task, lenet.recordings["dense"]
+    full = amnesiac.reported_metrics(task, amnesiac.Hparams())
+    assert full["storage/bytes"] == full["storage/dense_bytes"] == amnesiac.storage_bytes(dense)
+    forget = set(task.forget_ids.tolist())
+    affected = sum(bool(forget & set(ids.tolist())) for ids in dense.batch_ids)
+    assert full["storage/affected_share"] == affected / len(dense.steps)
+    hp = partial_amnesiac.Hparams(prune_kind="random", mask_seed=MASK_SEED, **SCHEDULE)
+    part = partial_amnesiac.reported_metrics(task, hp)
+    assert part["storage/bytes"] == partial_amnesiac.storage_bytes(dense, hp)
+    assert part["storage/dense_bytes"] == full["storage/bytes"]
+    assert part["storage/saving"] == 1 - part["storage/bytes"] / full["storage/bytes"] > 0
+
 # --- selection matrices (Eq. 9) ------------------------------------------------------------
 
 

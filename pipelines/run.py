@@ -171,7 +171,7 @@ def run_experiment(
             objective_metric=config.objective.metric, objective_mode=config.objective.mode,
             mia_max_per_class=config.mia_max_per_class,
             reference_keys=tuple(u.key for u in units if u.role == "retrain"),
-            probes=probes,
+            probes=probes, source_sparsity=config.source.sparsity,
         )
         total_trials = sum(planned_trials(m) for m in methods)
         _say(f"[sweep] {len(methods)} method(s), up to {total_trials} trials, "

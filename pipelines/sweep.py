@@ -55,6 +55,7 @@ from unlearn_core.search import grid_configs, sample_configs
 from unlearn_core.train.recipe import Recipe
 from unlearn_core.train.recorder import RecordedUpdates
 from unlearn_core.train.source import build_model
+from unlearn_core.train.sparsity import SparsityGuard, masks_from_zeros
 
 
 @dataclass
@@ -73,6 +74,7 @@ class SweepContext:
     mia_max_per_class: int
     reference_keys: tuple[str, ...] = ()
     device: str = "cpu"
+    source_sparsity: float = 0.0  # > 0: pruned weights stay zero through unlearning (004)
     # model probes (distance, relearn, degree); off unless the run enables them
     probes: ProbeSettings = field(
         default_factory=lambda: ProbeSettings(distance=False, relearn=False, degree=False))
@@ -107,6 +109,15 @@ def _extras(ctx: SweepContext, device: torch.device) -> dict:
     reference = build_model(ctx.source_model, ctx.dataset, seed=0)
     load_checkpoint(reference, ctx.store.model_path(ctx.reference_keys[0]))
     return {"retrain_model": reference.to(device).eval().requires_grad_(False)}
+
+
+def _sparsity_guard(ctx: SweepContext, model: torch.nn.Module) -> SparsityGuard | None:
+    """On a pruned source (``source.sparsity``), keep every method's model as sparse."""
+    if ctx.source_sparsity <= 0:
+        return None
+    guard = SparsityGuard(masks_from_zeros(model))
+    guard.start(model)
+    return guard
 
 
 def _reported(method: str, task, hp) -> dict[str, float]:
@@ -165,7 +176,11 @@ def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
         task.epoch_callback = epoch_callback
         torch.manual_seed(seed)
         start = time.perf_counter()
-        model = get_method(method).unlearn(model.to(device), task, hp)
+        model = model.to(device)
+        guard = _sparsity_guard(ctx, model)
+        model = get_method(method).unlearn(model, task, hp)
+        if guard is not None:
+            model = guard.finish(model)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         record["seconds"] = time.perf_counter() - start - task.callback_seconds

@@ -176,3 +176,30 @@ def test_pruning_reaches_and_keeps_sparsity(setup, scope):
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         assert torch.all(params[name][~mask] == 0)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_sparsity_guard_keeps_pruned_weights_zero_in_any_loop(optimizer):
+    """Seed 004's sparse protocol: gradient hooks keep zeros, finish() re-masks writes."""
+    from unlearn_core.train.source import build_model
+    from unlearn_core.train.sparsity import SparsityGuard, masks_from_zeros
+
+    ds = make_dataset(n=64, num_classes=4)
+    model = build_model("mlp", ds, seed=0)
+    prune_model(model, 0.9)
+    before = sparsity_of(model)
+    guard = SparsityGuard(masks_from_zeros(model))
+    guard.start(model)
+    opt = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+           if optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=0.01))
+    data = DeviceData.from_dataset(ds, torch.arange(64))
+    for _ in range(5):  # a hand-written loop, not fit(): the guard must not rely on hooks
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(data.images.float()), data.labels).backward()
+        opt.step()
+    assert sparsity_of(model) == before  # exact zeros kept by the gradient hooks
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # a method writing weights directly (Top-K, Fisher noise)
+    guard.finish(model)
+    assert sparsity_of(model) == before

@@ -109,3 +109,34 @@ class MaskHook:
 
     def after_step(self, model: nn.Module, batch, epoch: int, step: int) -> None:
         apply_masks(model, self.masks)
+
+
+class SparsityGuard:
+    """Keep a sparse model sparse through any unlearning method (seed 004's protocol).
+
+    Seed 004 (after Jia et al. 2023) unlearns a 95 % OMP-sparse model and reports
+    the sparse model: pruned weights must stay zero whatever the method does.
+    ``start(model)`` registers a gradient hook on every pruned tensor that zeroes
+    the gradient at pruned entries, which keeps them at exactly zero under
+    SGD/momentum/weight decay/Adam (their update is a function of a zero gradient
+    and a zero weight), in any training loop. ``finish(model)`` removes the hooks
+    and re-applies the masks, for methods that write weights directly (Top-K
+    perturbation, Fisher noise, amnesiac subtraction, re-initialised layers).
+    """
+
+    def __init__(self, masks: Masks) -> None:
+        self.masks = masks
+        self._handles: list = []
+
+    def start(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        for name, mask in self.masks.items():
+            keep = mask.to(params[name].device, params[name].dtype)
+            self._handles.append(params[name].register_hook(lambda grad, k=keep: grad * k))
+
+    def finish(self, model: nn.Module) -> nn.Module:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        apply_masks(model, self.masks)
+        return model

@@ -391,3 +391,22 @@ def test_make_generator_rejects_bad_sizes(kwargs):
     args = {"channels": 1, "height": 8, "width": 8} | kwargs
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         make_generator(**args)
+
+
+def test_relearn_own_accuracy_as_float64_target_is_zero_epochs(setup):
+    """A float64 target equal to the model's own count ratio (e.g. 255/258, which float32
+    rounds lower) is reached at epoch 0: the source model itself has relearn time 0."""
+    source, train, _, _ = setup
+
+    def float32_mean(n: int, k: int) -> float:  # how ``accuracy`` averages
+        return float(torch.tensor([1.0] * (n - k) + [0.0] * k).mean())
+
+    n, k = next((n, k) for n in range(20, 201) for k in range(1, 6)
+                if float32_mean(n, k) < (n - k) / n)
+    assert accuracy(source, train) == 1.0
+    labels = train.labels[:n].clone()
+    labels[:k] = (labels[:k] + 1) % 4  # exactly n - k of n right
+    subset = DeviceData(train.images[:n], labels, train.ids[:n], train.mean, train.std, False)
+    target = (n - k) / n  # float64, as the pipeline reads it from the source's metrics
+    out = relearn_time(source, train, subset, target, RECIPE, samples=10, cap=3)
+    assert out["relearn/epochs"] == 0.0 and out["relearn/reached"] == 1.0

@@ -120,7 +120,9 @@ def relearn_time(
     """
     _validate(train_data, forget_data, target_acc, recipe, samples, cap, tolerance)
     cap = int(cap)
-    threshold = target_acc - tolerance
+    # Accuracies are multiples of 1/n; float32 means (``accuracy``) can fall a hair below
+    # the float64 target for the same count (255/258), so compare within half a step.
+    threshold = target_acc - tolerance - 0.5 / len(forget_data)
     eval_batch = recipe.eval_batch_size
     device = train_data.device
     configure_determinism(device, recipe.deterministic)

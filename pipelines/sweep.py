@@ -85,8 +85,12 @@ class SweepContext:
         return probe_salt(self.probes)
 
 
+# Bumped when a probe's computation changes, so stored records with old values rerun.
+PROBES_VERSION = 2  # 2: relearn compares within half a count step
+
+
 def probe_salt(probes: ProbeSettings) -> str:
-    return stable_hash(asdict(probes)) if probes.any else ""
+    return stable_hash(asdict(probes), PROBES_VERSION) if probes.any else ""
 
 
 def trial_key(source_key: str, method: str, hparams: dict, seed: int, salt: str = "") -> str:

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.plots import layer_names, mia_keys, write_plots
+from unlearn_core.data.manifest import MANIFEST_FILE, read_manifest
 from unlearn_core.errors import UserInputError
 from unlearn_core.io import atomic_path, atomic_write_text
 from unlearn_core.metrics.accuracy import forgetting_metrics
@@ -58,6 +59,10 @@ COLUMNS = (
     ("forget/acc", "Acc D_f", 100),
     ("retain/acc", "Acc D_r", 100),
     ("test/acc", "Acc D_t", 100),
+    # class-wise forgetting: held-out accuracy on the forgotten / retained classes (seed
+    # 003's A_Df and A_Dr are test accuracies); from the stored outputs
+    ("test/acc_forget_classes", "Acc D_t,f", 100),
+    ("test/acc_retain_classes", "Acc D_t,r", 100),
     ("ua", "UA", 100),
     ("mia/efficacy", "MIA-eff.", 100),
     ("disparity/avg", "Avg. disp.", 100),
@@ -162,10 +167,37 @@ def _model_sets(method: str, row: dict, ref_ids: list[str],
     return list(row["model_ids"]), list(ref_ids)
 
 
-def _read_confidences(root: Path, experiment: str, rows: dict[str, dict]) -> dict:
-    outputs = read_outputs(root / "outputs", experiment=experiment)
+def _read_confidences(root: Path, experiment: str, rows: dict[str, dict],
+                      outputs: pa.Table | None = None) -> dict:
+    if outputs is None:
+        outputs = read_outputs(root / "outputs", experiment=experiment)
     ids = [i for row in rows.values() for i in row["model_ids"]]
     return forget_confidences(outputs, ids)
+
+
+def add_class_accuracies(root: Path, outputs: pa.Table, rows: dict[str, dict]) -> None:
+    """Class-wise forgetting: each model's test accuracy on the forgotten classes and on
+    the retained ones, added to its metrics (``test/acc_forget_classes``,
+    ``test/acc_retain_classes``). Nothing for other forget kinds."""
+    if not (root / MANIFEST_FILE).exists():
+        return
+    classes = read_manifest(root).forget_classes()
+    if not classes:
+        return
+    wanted = sorted({i for row in rows.values() for i in row["model_ids"]})
+    subset = outputs.filter(pc.is_in(outputs.column("model_id"),
+                                     value_set=pa.array(wanted, pa.string())))
+    logits, labels, ordered = logits_matrix(subset, "test")
+    if not ordered:
+        return
+    right = logits.argmax(-1) == labels[None, :]
+    in_forget = np.isin(labels, classes)
+    per_model = {m: {"test/acc_forget_classes": float(right[i, in_forget].mean()),
+                     "test/acc_retain_classes": float(right[i, ~in_forget].mean())}
+                 for i, m in enumerate(ordered) if in_forget.any() and (~in_forget).any()}
+    for row in rows.values():
+        for model_id, metrics in zip(row["model_ids"], row["metrics"], strict=True):
+            metrics.update(per_model.get(model_id, {}))
 
 
 def add_fscores(root: Path, experiment: str, rows: dict[str, dict],
@@ -401,7 +433,9 @@ def assemble(root: str | Path) -> dict:
     root = Path(root)
     rows = method_rows(root)  # raises a UserInputError without summary.json
     summary = json.loads((root / "summary.json").read_text())
-    confidences = _read_confidences(root, summary["experiment"], rows)
+    outputs = read_outputs(root / "outputs", experiment=summary["experiment"])
+    add_class_accuracies(root, outputs, rows)
+    confidences = _read_confidences(root, summary["experiment"], rows, outputs)
     epsilons = add_fscores(root, summary["experiment"], rows, confidences)
     add_ulira(rows, confidences)
     tables = root / "tables"

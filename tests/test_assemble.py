@@ -226,3 +226,37 @@ def test_relearn_cell_edge_cases():
     header, body = build_table({"m": {"metrics": [{"relearn/epochs": 1.0}]}},
                                drop_empty=False)
     assert len(header) == len(body[0]) and "Affected (%)" in header
+
+
+def test_class_accuracies_on_held_out_split(tmp_path):
+    """Class-wise forgetting: test accuracy on the forgotten / retained classes per model,
+    computed from stored outputs (seed 003's A_Df and A_Dr), against hand counts."""
+    import pyarrow as pa
+
+    from pipelines.assemble import add_class_accuracies
+    from tests.conftest import make_dataset
+    from unlearn_core.data.manifest import make_manifest
+
+    ds = make_dataset(n=80, num_classes=4)
+    manifest = make_manifest(ds, "classes=1", seed=0)
+    manifest.write(tmp_path)
+    test_ids = manifest.ids("test")
+    labels = ds.labels.numpy()[test_ids]
+    tables, rows = [], {"m": {"model_ids": [], "metrics": []}}
+    for k, wrong_forget in enumerate((0, 2)):
+        logits = np.eye(4, dtype=np.float32)[labels] * 5  # right everywhere...
+        flip = np.flatnonzero(labels == 1)[:wrong_forget]
+        logits[flip] = np.eye(4, dtype=np.float32)[(labels[flip] + 1) % 4] * 5  # ...but these
+        per_split = {"test": (test_ids, labels, logits)}
+        tables.append(outputs_table(per_split, method="m", hparams_hash="", seed=k,
+                                    model_id=f"m{k}"))
+        rows["m"]["model_ids"].append(f"m{k}")
+        rows["m"]["metrics"].append({})
+    add_class_accuracies(tmp_path, pa.concat_tables(tables), rows)
+    n_forget = int((labels == 1).sum())
+    first, second = rows["m"]["metrics"]
+    assert first == {"test/acc_forget_classes": 1.0, "test/acc_retain_classes": 1.0}
+    assert second["test/acc_forget_classes"] == pytest.approx((n_forget - 2) / n_forget)
+    assert second["test/acc_retain_classes"] == 1.0
+    header, _ = build_table(rows)
+    assert "Acc D_t,f" in header and "Acc D_t,r" in header

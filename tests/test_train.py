@@ -203,3 +203,22 @@ def test_sparsity_guard_keeps_pruned_weights_zero_in_any_loop(optimizer):
             p.add_(1.0)  # a method writing weights directly (Top-K, Fisher noise)
     guard.finish(model)
     assert sparsity_of(model) == before
+
+
+def test_dataset_stats_never_served_to_another_dataset_reusing_the_id():
+    """The stats cache was keyed by id(images): a freed dataset's id, reused by another
+    (here with another channel count), returned the wrong mean/std (a 1-channel batch
+    then broadcast to 3 channels). A stale entry must be recomputed."""
+    from unlearn_core.train import device_data
+
+    rgb = make_dataset(n=40, channels=3)
+    mean_rgb, _ = device_data.dataset_stats(rgb)
+    assert mean_rgb.shape == (3,)
+    gray = make_dataset(n=40, channels=1)
+    # force the collision the garbage collector produces by chance: gray's id now maps
+    # to an entry made for the RGB images
+    device_data._STATS_CACHE[id(gray.images)] = device_data._STATS_CACHE[id(rgb.images)]
+    mean, std = device_data.dataset_stats(gray)
+    assert mean.shape == (1,) and std.shape == (1,)
+    data = DeviceData.from_dataset(gray, torch.arange(8))
+    assert next(data.batches(4, shuffle=False)).x.shape[1] == 1

@@ -8,6 +8,7 @@ this is what lets small models train at tens of thousands of images per second.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -159,12 +160,20 @@ def random_crop_flip(
     return cropped.permute(0, 3, 1, 2).contiguous()
 
 
-_STATS_CACHE: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+# id(images) -> (weak reference to those images, mean, std). The weak reference is
+# checked on every hit: once a tensor is freed its id can be reused by another one (of
+# another dataset, even with another channel count), and keying on the id alone then
+# returned the old dataset's stats.
+_STATS_CACHE: dict[int, tuple[weakref.ref, torch.Tensor, torch.Tensor]] = {}
 
 
 def dataset_stats(dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Channel stats of a dataset, computed once per loaded dataset object."""
-    key = id(dataset.images)
-    if key not in _STATS_CACHE:
-        _STATS_CACHE[key] = channel_stats(dataset.images)
-    return _STATS_CACHE[key]
+    images = dataset.images
+    entry = _STATS_CACHE.get(id(images))
+    if entry is None or entry[0]() is not images:
+        for key in [k for k, (ref, _, _) in _STATS_CACHE.items() if ref() is None]:
+            del _STATS_CACHE[key]  # freed datasets
+        entry = (weakref.ref(images), *channel_stats(images))
+        _STATS_CACHE[id(images)] = entry
+    return entry[1], entry[2]

@@ -582,6 +582,11 @@ def forget_quality_bootstrap(
     Each replicate draws N unlearned models and, independently, N retrained
     models with replacement (the forget examples stay fixed) and rescores.
     Returns ``(low, high)``, the ``(1 - ci) / 2`` and ``(1 + ci) / 2`` quantiles.
+
+    Read it as the spread over the choice of models, not as an interval centred on
+    the point estimate: a draw with repeated models has narrower per-example
+    confidence sets, which raises ε, so with few models (5 per side in the docs'
+    reproductions) the interval can lie below the full-sample F.
     """
     u, r = _validate(unlearned_confs, retrained_confs)
     if n_boot < 1:

@@ -8,19 +8,20 @@ was killed) repeats only the trials that were in flight, and no trial is ever
 stored twice. A trial that raises or diverges (non-finite weights or outputs) is
 recorded as failed with its reason; the sweep goes on.
 
-``search: asha`` (methods with ``REPORTS_EPOCHS``): configs are drawn on the
-driver as for ``random``; each trial evaluates its model after every epoch but
-the last (``epoch_metrics``: accuracies, the headline MIA, disparity) and
-reports it to Ray Tune's ``ASHAScheduler`` (time = epochs, ``max_t`` = the most
-epochs any config asks for). A trial ASHA stops is recorded by the driver, the
-moment ASHA decides, with ``status: "stopped"``, ``stopped_by: "asha"``,
-``epochs_run`` and the metrics and objective of its last reported epoch; it
-writes no per-sample outputs. A stopped record is "done" for ASHA sweeps only
-(so a resumed ASHA sweep skips it); any other run of the same trial key (a
-random sweep, a replicate) reruns the trial to the end and replaces it. The
-best config is chosen among finished ("ok") trials only: a stopped trial's
-metrics are those of a partly trained model, and ASHA always lets at least the
-first trial at every rung finish.
+``search: asha`` (methods with ``REPORTS_EPOCHS``; the Tune side is in
+``asha.py``): configs are drawn on the driver as for ``random``; each trial
+evaluates its model after every epoch but the last (``epoch_metrics``:
+accuracies, the headline MIA, disparity) and reports it to Ray Tune's
+``ASHAScheduler`` (time = epochs, ``max_t`` = the most epochs any config asks
+for). A trial ASHA stops is recorded by the driver, the moment ASHA decides,
+with ``status: "stopped"``, ``stopped_by: "asha"``, ``epochs_run`` and the
+metrics and objective of its last reported epoch; it writes no per-sample
+outputs. A stopped record is "done" for ASHA sweeps only (so a resumed ASHA
+sweep skips it); any other run of the same trial key (a random sweep, a
+replicate) reruns the trial to the end and replaces it. The best config is
+chosen among finished ("ok") trials only: a stopped trial's metrics are those
+of a partly trained model, and ASHA always lets at least the first trial at
+every rung finish.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from pipelines.evaluate import ReferenceSummary, compared_metrics, epoch_metrics, model_metrics
+from pipelines.evaluate import ReferenceSummary, compared_metrics, model_metrics
 from pipelines.keys import normalise_hparams, stable_hash
 from pipelines.probes import ProbeSettings, probe_model
 from pipelines.store import ResultsStore
@@ -43,7 +44,6 @@ from unlearn_core.checkpoint import load_checkpoint
 from unlearn_core.data.manifest import SplitManifest
 from unlearn_core.data.types import ImageDataset
 from unlearn_core.methods import (
-    epochs_hparam,
     get_method,
     is_zero_glance,
     make_hparams,
@@ -221,7 +221,9 @@ def _trainable(config: dict, ctx: SweepContext) -> None:
 
     job = config.get("__job")
     if job is not None and job.get("asha"):  # reports every epoch to the ASHA scheduler
-        return _asha_trial(ctx, job)
+        from pipelines.asha import asha_trial
+
+        return asha_trial(ctx, job)
     if job is not None:  # explicit (method, hparams, seed): drawn on the driver
         record = run_trial(ctx, job["method"], job["hparams"], job["seed"], job["stage"],
                            job.get("sweep_key"))
@@ -239,7 +241,9 @@ def _run_tuner(ctx: SweepContext, param_space: dict, num_samples: int, search_al
 
     callbacks = [_progress_callback(progress)] if progress else []
     if scheduler is not None:  # it may stop trials: record them (before progress counts)
-        callbacks.insert(0, _stopped_trial_recorder(ctx))
+        from pipelines.asha import stopped_trial_recorder
+
+        callbacks.insert(0, stopped_trial_recorder(ctx))
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_trainable, ctx=ctx), resources),
         param_space=param_space,
@@ -323,7 +327,9 @@ def sweep_method(ctx: SweepContext, method_cfg, seed: int = 0, progress=None,
     scheduler = None
     if method_cfg.search == "asha":  # drawn as for random; trials may stop early
         jobs = [{**j, "asha": True} for j in jobs]
-        scheduler = _asha_scheduler(ctx, method_cfg, jobs)
+        from pipelines.asha import asha_scheduler
+
+        scheduler = asha_scheduler(ctx, method_cfg, jobs)
     run_jobs(ctx, jobs, resources, name, progress, ensure_ray, scheduler)
     return [ctx.store.read_json(ctx.store.trial_path(j["method"], _job_key(ctx, j)))
             for j in jobs]
@@ -360,10 +366,7 @@ def _progress_callback(progress):
     return ProgressCallback()
 
 
-# ---------------------------------------------------------------- ASHA (search: asha)
-
-ASHA_WORST = 1e30  # a finite stand-in for ±inf: ASHA's rung quantiles turn inf into nan
-
+# ------------------------------------------- stopped trials (search: asha; see asha.py)
 
 def _is_done(record: dict, asha: bool) -> bool:
     """A stored record ends its trial, except a stopped one outside an ASHA sweep."""
@@ -383,119 +386,3 @@ def _mark_stopped(record: dict, epoch: int, metrics: dict, reason: str,
                   objective=metrics.get(ctx.objective_metric))
     if record["objective"] is None or not math.isfinite(record["objective"]):
         record["objective"] = _worst(ctx.objective_mode)
-
-
-def planned_epochs(ctx: SweepContext, method: str, hparams: dict) -> int | None:
-    """How many epochs a trial will report (its ``EPOCHS_HPARAM``; None there means the
-    source recipe's epochs); None if the method does not report or the hparams are bad."""
-    field_name = epochs_hparam(method)
-    if field_name is None:
-        return None
-    try:
-        value = getattr(make_hparams(method, hparams), field_name)
-    except Exception:  # run_trial records the error
-        return None
-    return int(ctx.source_recipe["epochs"] if value is None else value)
-
-
-def _asha_objective(value: float | None, mode: str) -> float:
-    """The objective as ASHA sees it: nan when missing (ASHA then ignores the trial's
-    result), a large finite worst when non-finite (a diverged or failed trial)."""
-    if value is None:
-        return math.nan
-    if not math.isfinite(value):
-        return ASHA_WORST if mode == "min" else -ASHA_WORST
-    return float(value)
-
-
-def _asha_scheduler(ctx: SweepContext, method_cfg, jobs: list[dict]):
-    from ray.tune.schedulers import ASHAScheduler
-
-    epochs = [planned_epochs(ctx, j["method"], j["hparams"]) for j in jobs]
-    max_t = max([e for e in epochs if e] or [1])
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                         grace_period=min(method_cfg.asha.grace_period, max_t),
-                         reduction_factor=method_cfg.asha.reduction_factor)
-
-
-class EpochReporter:
-    """An ASHA trial's epoch callback (runs in the Tune worker): evaluate the model after
-    each epoch but the last and ``tune.report`` it (one Tune iteration per epoch).
-
-    The last epoch is reported by the trial itself, with its full record, once stored;
-    so a trial that ran all its epochs is always recorded as finished. When ASHA stops
-    the trial, ``tune.report`` does not return (Ray ends the worker thread with
-    ``SystemExit``): the driver has already recorded it (``_stopped_trial_recorder``).
-    """
-
-    def __init__(self, ctx: SweepContext, key: str, seed: int, epochs: int | None) -> None:
-        self.ctx, self.key, self.seed, self.epochs = ctx, key, seed, epochs
-        self.started = time.perf_counter()
-        self.overhead = 0.0  # seconds spent here (evaluating, waiting on the driver)
-
-    def __call__(self, model: torch.nn.Module, epoch: int) -> None:
-        if self.epochs is not None and epoch >= self.epochs:
-            return
-        from ray import tune
-
-        entered = time.perf_counter()
-        ctx = self.ctx
-        device = next(model.parameters()).device
-        per_split = split_logits(model, ctx.dataset, ctx.manifest, device)
-        if not all(np.isfinite(logits).all() for _, _, logits in per_split.values()):
-            raise FloatingPointError(f"diverged: non-finite outputs (NaN/inf) at epoch {epoch}")
-        metrics = epoch_metrics(per_split, ctx.references, objective=ctx.objective_metric,
-                                mia_max_per_class=ctx.mia_max_per_class, seed=self.seed)
-        seconds = entered - self.started - self.overhead  # the method's time so far
-        try:
-            tune.report({"objective": _asha_objective(metrics.get(ctx.objective_metric),
-                                                      ctx.objective_mode),
-                         "failed": False, "trial_key": self.key, "epoch": epoch,
-                         "epoch_metrics": metrics, "seconds": seconds})
-        finally:
-            self.overhead += time.perf_counter() - entered
-
-
-def _asha_trial(ctx: SweepContext, job: dict) -> None:
-    """One ASHA trial: ``run_trial`` with an ``EpochReporter``, then its final report."""
-    from ray import tune
-
-    epochs = planned_epochs(ctx, job["method"], job["hparams"])
-    reporter = EpochReporter(ctx, _job_key(ctx, job), job["seed"], epochs)
-    record = run_trial(ctx, job["method"], job["hparams"], job["seed"], job["stage"],
-                       job.get("sweep_key"), epoch_callback=reporter)
-    tune.report({"objective": _asha_objective(record["objective"], ctx.objective_mode),
-                 "failed": record["status"] != "ok", "trial_key": record["trial_key"],
-                 "epoch": record.get("epochs_run", epochs)})
-
-
-def _stopped_record(ctx: SweepContext, job: dict, result: dict) -> dict:
-    """The record of a trial ASHA stopped, from its last epoch report."""
-    record = {"trial_key": result["trial_key"], "method": job["method"],
-              "stage": job["stage"], "seed": job["seed"], "sweep_key": job.get("sweep_key"),
-              "hparams": normalise_hparams(job["hparams"]), "status": "stopped",
-              "error": None, "metrics": {}, "objective": None, "seconds": None}
-    _mark_stopped(record, result["epoch"], result["epoch_metrics"], "asha",
-                  result.get("seconds"), ctx)
-    return record
-
-
-def _stopped_trial_recorder(ctx: SweepContext):
-    """A Tune callback (runs in the driver) writing the record of every trial the
-    scheduler stopped. Tune calls it when it decides to stop the trial, before it
-    releases the worker (blocked in ``tune.report``), so the record is written once,
-    by the driver, whatever happens to the worker afterwards."""
-    from ray.tune import Callback
-
-    class StoppedTrialRecorder(Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            result = trial.last_result or {}
-            job = trial.config.get("__job")
-            # an epoch report that ended the trial (done): the scheduler stopped it
-            if not job or not result.get("done") or "epoch_metrics" not in result:
-                return
-            path = ctx.store.trial_path(job["method"], result["trial_key"])
-            if not path.exists():
-                ctx.store.write_json(path, _stopped_record(ctx, job, result))
-
-    return StoppedTrialRecorder()

@@ -125,25 +125,36 @@ def reference_probes(
         load_checkpoint(model, store.model_path(key))
         return model.to(device).eval()
 
-    source = load(source_key)
     forget = DeviceData.from_dataset(dataset, manifest.ids("forget"), device)
+    models: dict[str, nn.Module] = {}  # loaded once each, only when a probe is missing
+    logits: dict[str, np.ndarray | None] = {}
+
+    def model_of(key: str) -> nn.Module:
+        if key not in models:
+            models[key] = load(key)
+        return models[key]
+
+    def forget_logits_of(key: str) -> np.ndarray | None:
+        if key not in logits:
+            with torch.no_grad():
+                logits[key] = predict_logits(model_of(key), forget).numpy() \
+                    if len(forget) else None
+        return logits[key]
+
     out = {}
     for i, key in enumerate(reference_keys):
         path = store.root / "models" / f"{key}.probes-{salt}.json"
         if path.exists():
             out[key] = store.read_json(path)
         else:
-            model = load(key)
-            other = load(reference_keys[(i + 1) % len(reference_keys)]) \
+            other = reference_keys[(i + 1) % len(reference_keys)] \
                 if len(reference_keys) > 1 else None
-            with torch.no_grad():
-                logits = predict_logits(model, forget).numpy() if len(forget) else None
-                other_logits = predict_logits(other, forget).numpy() \
-                    if other is not None and len(forget) else None
-            out[key] = probe_model(model, source, dataset, manifest, settings, recipe=recipe,
-                                   source_forget_acc=source_forget_acc, forget_logits=logits,
-                                   reference_forget_logits=other_logits, device=device,
-                                   seed=i)
+            out[key] = probe_model(model_of(key), model_of(source_key), dataset, manifest,
+                                   settings, recipe=recipe, source_forget_acc=source_forget_acc,
+                                   forget_logits=forget_logits_of(key),
+                                   reference_forget_logits=forget_logits_of(other)
+                                   if other is not None else None,
+                                   device=device, seed=i)
             store.write_json(path, out[key])
         if progress:
             progress(1)

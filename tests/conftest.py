@@ -41,3 +41,21 @@ def make_dataset(
 @pytest.fixture
 def tiny_dataset() -> ImageDataset:
     return make_dataset()
+
+
+def recorded_source(folder, epochs: int):
+    """A tiny MLP source trained with the update recorder on (amnesiac methods need it):
+    (dataset, manifest with a retain subset, recipe, source, RecordedUpdates)."""
+    from unlearn_core.data.manifest import SplitOptions, make_manifest
+    from unlearn_core.train import DeviceData, Recipe, fit
+    from unlearn_core.train.recorder import RecordedUpdates, UpdateRecorder
+    from unlearn_core.train.source import build_model
+
+    ds = make_dataset(n=240, num_classes=4)
+    manifest = make_manifest(ds, "classes=1", seed=0,
+                             options=SplitOptions(retain_subset_per_class=10))
+    recipe = Recipe(epochs=epochs, batch_size=32, lr=0.05)
+    source = build_model("mlp", ds, seed=0)
+    fit(source, DeviceData.from_dataset(ds, manifest.ids("train")), recipe, seed=0,
+        hooks=[UpdateRecorder(folder)])
+    return ds, manifest, recipe, source, RecordedUpdates(folder)

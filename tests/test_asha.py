@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_dataset
-from unlearn_core.data.manifest import SplitOptions, make_manifest
+from tests.conftest import recorded_source
 from unlearn_core.methods import (
     epochs_hparam,
     get_method,
@@ -22,10 +21,8 @@ from unlearn_core.methods import (
     reports_epochs,
 )
 from unlearn_core.methods.task import StopUnlearning, make_task
-from unlearn_core.train import DeviceData, Recipe, fit
+from unlearn_core.train import DeviceData
 from unlearn_core.train.loop import predict_logits
-from unlearn_core.train.recorder import RecordedUpdates, UpdateRecorder
-from unlearn_core.train.source import build_model
 
 REPORTING = [n for n in method_names() if reports_epochs(n)]
 SILENT = [n for n in method_names() if not reports_epochs(n)]
@@ -49,15 +46,7 @@ CHEAP = {
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny source trained with the update recorder on (amnesiac methods need it)."""
-    ds = make_dataset(n=240, num_classes=4)
-    manifest = make_manifest(ds, "classes=1", seed=0,
-                             options=SplitOptions(retain_subset_per_class=10))
-    recipe = Recipe(epochs=3, batch_size=32, lr=0.05)
-    source = build_model("mlp", ds, seed=0)
-    folder = tmp_path_factory.mktemp("recording") / "updates"
-    fit(source, DeviceData.from_dataset(ds, manifest.ids("train")), recipe, seed=0,
-        hooks=[UpdateRecorder(folder)])
-    return ds, manifest, recipe, source, RecordedUpdates(folder)
+    return recorded_source(tmp_path_factory.mktemp("recording") / "updates", epochs=3)
 
 
 def task_for(trained, name: str, callback=None):

@@ -9,13 +9,11 @@ import torch
 import torch.nn.functional as F
 
 import unlearn_core.methods as methods_pkg
-from tests.conftest import make_dataset
-from unlearn_core.data.manifest import SplitOptions, make_manifest
+from tests.conftest import recorded_source
 from unlearn_core.errors import UserInputError
 from unlearn_core.methods import get_method, make_hparams, method_names
 from unlearn_core.methods.task import ForgetSetAccessError, make_task
-from unlearn_core.train import DeviceData, Recipe, fit
-from unlearn_core.train.recorder import RecordedUpdates, UpdateRecorder
+from unlearn_core.train import fit
 from unlearn_core.train.source import build_model
 
 NOT_METHODS = {"__init__", "task", "common"}
@@ -24,15 +22,7 @@ NOT_METHODS = {"__init__", "task", "common"}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny source trained with the update recorder on (amnesiac methods need it)."""
-    ds = make_dataset(n=240, num_classes=4)
-    manifest = make_manifest(ds, "classes=1", seed=0,
-                             options=SplitOptions(retain_subset_per_class=10))
-    recipe = Recipe(epochs=4, batch_size=32, lr=0.05)
-    source = build_model("mlp", ds, seed=0)
-    folder = tmp_path_factory.mktemp("recording") / "updates"
-    fit(source, DeviceData.from_dataset(ds, manifest.ids("train")), recipe, seed=0,
-        hooks=[UpdateRecorder(folder)])
-    return ds, manifest, recipe, source, RecordedUpdates(folder)
+    return recorded_source(tmp_path_factory.mktemp("recording") / "updates", epochs=4)
 
 
 def task_for(trained, **kwargs):

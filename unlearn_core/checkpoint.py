@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors import safe_open
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 from safetensors.torch import save_file
 
 from unlearn_core.errors import UserInputError
@@ -44,4 +46,24 @@ def load_checkpoint(model: nn.Module, path: str | Path, device: str | torch.devi
             state[key] = handle.get_tensor(key)
         header = handle.metadata() or {}
     model.load_state_dict(state, strict=True)
+    return json.loads(header.get("unlearn", "{}"))
+
+
+def checkpoint_bytes(model: nn.Module, metadata: dict | None = None) -> bytes:
+    """The checkpoint ``save_checkpoint`` writes, as bytes (for an object store)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return save_bytes(state, metadata={"unlearn": json.dumps(metadata or {}, sort_keys=True)})
+
+
+def load_checkpoint_bytes(model: nn.Module, data: bytes, device: str | torch.device = "cpu",
+                          source: str = "checkpoint") -> dict:
+    """Load weights from checkpoint bytes into ``model`` (strict); return the metadata."""
+    try:
+        # safetensors layout: 8-byte little-endian header length, then the JSON header
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
+        state = load_bytes(data)
+    except Exception as err:
+        raise UserInputError(f"{source} is not a readable checkpoint: {err}") from err
+    model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
     return json.loads(header.get("unlearn", "{}"))

@@ -10,6 +10,7 @@ same samples, same forget set.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,11 @@ class SplitManifest:
         }
         return table.replace_schema_metadata({"unlearn.manifest": json.dumps(info)})
 
+    def to_parquet_bytes(self) -> bytes:
+        sink = io.BytesIO()
+        pq.write_table(self.to_table(), sink)
+        return sink.getvalue()
+
     def write(self, out_dir: str | Path) -> Path:
         """Write ``manifest.parquet`` into ``out_dir``; refuse to overwrite a different one."""
         path = Path(out_dir) / MANIFEST_FILE
@@ -133,7 +139,15 @@ def read_manifest(path: str | Path) -> SplitManifest:
         path = path / MANIFEST_FILE
     if not path.is_file():
         raise UserInputError(f"manifest {path} does not exist (make one with `unlearn prepare`)")
-    table = pq.read_table(path)
+    return manifest_from_table(pq.read_table(path), str(path))
+
+
+def manifest_from_bytes(data: bytes, source: str) -> SplitManifest:
+    """A manifest read from bytes (e.g. an object store); ``source`` names it in errors."""
+    return manifest_from_table(pq.read_table(pa.BufferReader(data)), source)
+
+
+def manifest_from_table(table: pa.Table, path: str) -> SplitManifest:
     raw = (table.schema.metadata or {}).get(b"unlearn.manifest")
     if raw is None:
         raise UserInputError(f"{path} is not a split manifest (no unlearn.manifest metadata)")

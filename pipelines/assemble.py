@@ -2,6 +2,19 @@
 
 Reads only what earlier stages stored (trial records, per-sample outputs,
 reference infos), so every number here is recomputable without retraining.
+Everything is read through a ``ResultsStore`` (a local folder or any URI
+``pyarrow.fs`` reaches); tables and plots are written into a local staging
+folder (matplotlib and MLflow need files) and then uploaded to the store's
+``tables/`` and ``plots/``.
+
+What is read, for 512 references and hundreds of replicates: only committed
+models (a trial record or model info exists), each by its explicit outputs
+file (the outputs folder is never listed: a lost worker may have left the
+Parquet of an uncommitted trial there), only the columns model_id, sample_id,
+label and logits, and only the forget split's row group of each file. For
+class-wise forgetting the test split is streamed too, batch by batch, into
+per-model counts of right predictions on the forgotten / retained classes
+(never all models' test logits at once).
 
 Rows are methods; columns are metrics as mean ± std over the replicates of the
 method's best config. The ``retrain`` row is the references themselves.
@@ -28,29 +41,52 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from pipelines.plots import layer_names, mia_keys, write_plots
-from unlearn_core.data.manifest import MANIFEST_FILE, read_manifest
+from pipelines.store import ResultsStore
+from unlearn_core.data.manifest import MANIFEST_FILE
 from unlearn_core.errors import UserInputError
 from unlearn_core.io import atomic_path, atomic_write_text
 from unlearn_core.metrics.accuracy import forgetting_metrics
 from unlearn_core.metrics.fscore import fscore_metrics, logit_scaled_confidence
 from unlearn_core.metrics.ulira import ulira_metrics
-from unlearn_core.outputs import logits_matrix, read_outputs
+from unlearn_core.outputs import (
+    flat_logits,
+    logits_matrix,
+    model_codes,
+    output_dataset,
+    output_file_name,
+    split_filter,
+    split_mask,
+    unique_model_ids,
+)
 
-__all__ = ["COLUMNS", "CORE_COLUMNS", "MIA_TITLES", "add_fscores", "add_ulira", "assemble",
-           "build_mia_table", "build_table", "method_rows", "to_latex", "to_markdown",
-           "write_plots"]
+__all__ = ["COLUMNS", "CORE_COLUMNS", "MIA_TITLES", "add_class_accuracies", "add_fscores",
+           "add_many_model_metrics", "add_ulira", "assemble", "build_mia_table", "build_table",
+           "method_rows", "output_paths", "read_model_outputs", "run_tasks", "to_latex",
+           "to_markdown", "write_plots"]
 
 DASH = "–"
 REFERENCE_ROW = "retrain"
 ULIRA_MIN_MODELS = 3  # leave-one-out fits need >= 3 models per set
+READ_THREADS = 16  # concurrent small reads (JSON records, file infos): object-store latency
+CONFIDENCE_CHUNK = 64  # models per logit-scaled-confidence call (bounds float64 temporaries)
+BATCH_ROWS = 1 << 16  # rows per streamed batch
+FSCORE_BOOT = 50  # bootstrap replicates of the forget quality's interval
+# Worker processes for the many-model metrics only above this cost (in per-example
+# scorings, ~0.3 ms each: ~10 s of work); below it starting processes costs more.
+PARALLEL_MIN_COST = 30_000
 
 # (metric key, column title, scale): accuracies in %, as the papers print them.
 # Keys under fscore/ and ulira/ come from the row's many-model metrics, the rest
@@ -95,28 +131,50 @@ MIA_TITLES = {
 GAP_MEAN_ATTACKS = ("correctness", "confidence", "entropy", "prob")
 
 
-def method_rows(root: Path) -> dict[str, dict]:
-    """Per method: replicate metrics (list of dicts) and the model ids of its replicates."""
-    summary_path = root / "summary.json"
-    if not summary_path.exists():
+def _open(store: ResultsStore | str | Path) -> ResultsStore:
+    return store if isinstance(store, ResultsStore) else ResultsStore.open(store)
+
+
+def _parallel(fn: Callable, items: Sequence) -> list:
+    """``[fn(i) for i in items]``, with concurrent calls (small reads wait on latency)."""
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def read_summary(store: ResultsStore) -> dict:
+    if not store.exists("summary.json"):
         raise UserInputError(
-            f"{root} holds no finished run (no summary.json); run `unlearn run` first"
+            f"{store.uri} holds no finished run (no summary.json); run `unlearn run` first"
         )
-    summary = json.loads(summary_path.read_text())
+    return store.read_json("summary.json")
+
+
+def method_rows(store: ResultsStore | str | Path, summary: dict | None = None
+                ) -> dict[str, dict]:
+    """Per method: replicate metrics (list of dicts) and the model ids of its replicates.
+
+    A replicate without a trial record (not committed) counts as failed."""
+    store = _open(store)
+    summary = read_summary(store) if summary is None else summary
+    _ = store.store.fs  # resolve the file system once, before the reading threads
+    wanted = [(method, k) for method, keys in summary["replicates"].items() for k in keys]
+    records = dict(zip(wanted, _parallel(lambda mk: store.read_trial(*mk), wanted),
+                       strict=True))
     rows = {}
     for method, keys in summary["replicates"].items():
-        records = [json.loads((root / "trials" / method / f"{k}.json").read_text())
-                   for k in keys]
-        ok = [r for r in records if r["status"] == "ok"]
+        found = [records[(method, k)] for k in keys]
+        ok = [r for r in found if r is not None and r["status"] == "ok"]
         rows[method] = {"metrics": [r["metrics"] for r in ok], "model_ids": [r["trial_key"]
                         for r in ok], "hparams": ok[0]["hparams"] if ok else {},
-                        "failed": len(records) - len(ok)}
-    refs = [json.loads((root / "models" / f"{k}.json").read_text())
-            for k in summary["references"]]
+                        "failed": len(keys) - len(ok)}
+    refs = _parallel(store.read_model_info, summary["references"])
     # Probes (distance, relearn, degree) exist for the first few references only.
     probes = summary.get("reference_probes", {})
-    source_info = root / "models" / f"{summary.get('source')}.json"
-    source = json.loads(source_info.read_text())["metrics"] if source_info.exists() else {}
+    source_key = summary.get("source")
+    source = store.read_model_info(source_key)["metrics"] \
+        if source_key and store.exists(store.model_info_rel(source_key)) else {}
     rows[REFERENCE_ROW] = {"metrics": [r["metrics"] | {"time/unlearn_s": r["train_seconds"]}
                                        | probes.get(k, {}) | _forgetting(source, r["metrics"])
                                        for k, r in zip(summary["references"], refs, strict=True)],
@@ -137,16 +195,103 @@ def _forgetting(source: dict, metrics: dict) -> dict[str, float]:
 # many-model metrics from the stored outputs
 
 
+def confidences_by_model(logits: np.ndarray, labels: np.ndarray,
+                         model_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """Logit-scaled confidence per model, a chunk of models at a time (the same numbers as
+    one call on all models: the statistic is computed per model and example)."""
+    out = {}
+    for start in range(0, len(model_ids), CONFIDENCE_CHUNK):
+        part = logit_scaled_confidence(logits[start:start + CONFIDENCE_CHUNK], labels)
+        out.update(zip(model_ids[start:start + CONFIDENCE_CHUNK], part, strict=True))
+    return out
+
+
 def forget_confidences(outputs: pa.Table, model_ids: Sequence[str]) -> dict[str, np.ndarray]:
     """Forget-set logit-scaled confidence per model id (models without outputs are absent)."""
     wanted = sorted(set(model_ids))
-    subset = outputs.filter(pc.is_in(outputs.column("model_id"), value_set=pa.array(wanted,
-                                                                                    pa.string())))
-    logits, labels, ordered = logits_matrix(subset, "forget")
+    if not set(unique_model_ids(outputs.column("model_id"))) <= set(wanted):
+        outputs = outputs.filter(pa.array(model_codes(outputs.column("model_id"), wanted) >= 0))
+    logits, labels, ordered = logits_matrix(outputs, "forget")
     if not ordered:
         return {}
-    confidences = logit_scaled_confidence(logits, labels)
-    return dict(zip(ordered, confidences, strict=True))
+    return confidences_by_model(logits, labels, ordered)
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One many-model metric of one row: ``fn(*args, **kwargs)``, a pure function of
+    arrays (so it gives the same numbers in any process). ``cost``: its size in
+    per-example F-score scorings (the unit of ``PARALLEL_MIN_COST``), to start the
+    biggest first."""
+
+    kind: str  # "fscore", "epsilons" or "ulira"
+    method: str
+    fn: Callable
+    args: tuple
+    kwargs: dict
+    cost: int
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# A worker: reads (sys.path, pickled task) from stdin, writes the pickled result to argv[1].
+# Started as ``python -c``, so it never re-runs the caller's main module (a script without
+# an ``if __name__ == "__main__"`` guard is safe, unlike multiprocessing's spawn).
+_WORKER = (
+    "import pickle, sys\n"
+    "paths, blob = pickle.loads(sys.stdin.buffer.read())\n"
+    "sys.path[:0] = [p for p in paths if p not in sys.path]\n"
+    "fn, args, kwargs = pickle.loads(blob)\n"
+    "result = fn(*args, **kwargs)\n"
+    "with open(sys.argv[1], 'wb') as handle:\n"
+    "    pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)\n"
+)
+
+
+def _run_in_process(task: _Task) -> object:
+    """``task.fn(*task.args, **task.kwargs)`` in a fresh Python process."""
+    import pickle
+    import subprocess
+    import sys
+
+    blob = pickle.dumps((task.fn, task.args, task.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    with tempfile.TemporaryDirectory(prefix="unlearn-task-") as folder:
+        out = Path(folder) / "result.pickle"
+        done = subprocess.run([sys.executable, "-c", _WORKER, str(out)],
+                              input=pickle.dumps((list(sys.path), blob)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{task.kind} of {task.method} failed in a worker process "
+                f"(exit {done.returncode}):\n{done.stderr.decode(errors='replace')[-4000:]}")
+        return pickle.loads(out.read_bytes())
+
+
+def run_tasks(tasks: Sequence[_Task], workers: int | None = None) -> list:
+    """Each task's result, in order. The metrics of different rows are independent, so
+    they may run in ``workers`` processes at once (fresh ``python -c`` processes, the
+    biggest tasks first); ``None`` = one per available CPU, but only when the work is big
+    enough to pay for starting them (``PARALLEL_MIN_COST``). Every number is the same as
+    in one process: each task is a deterministic function of its arrays (the bootstrap
+    draws from its own fixed seed)."""
+    total = sum(t.cost for t in tasks)
+    if workers is None:
+        workers = available_cpus() if total >= PARALLEL_MIN_COST else 1
+    workers = min(workers, len(tasks))
+    if workers <= 1:
+        return [t.fn(*t.args, **t.kwargs) for t in tasks]
+    order = sorted(range(len(tasks)), key=lambda i: -tasks[i].cost)  # biggest first
+    results: list = [None] * len(tasks)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {i: pool.submit(_run_in_process, tasks[i]) for i in order}
+        for i, future in futures.items():
+            results[i] = future.result()
+    return results
 
 
 def _stack(confidences: dict[str, np.ndarray], ids: Sequence[str]) -> np.ndarray | None:
@@ -167,50 +312,161 @@ def _model_sets(method: str, row: dict, ref_ids: list[str],
     return list(row["model_ids"]), list(ref_ids)
 
 
-def _read_confidences(root: Path, experiment: str, rows: dict[str, dict],
-                      outputs: pa.Table | None = None) -> dict:
-    if outputs is None:
-        outputs = read_outputs(root / "outputs", experiment=experiment)
-    ids = [i for row in rows.values() for i in row["model_ids"]]
-    return forget_confidences(outputs, ids)
+# ---- reading the outputs of committed models
 
 
-def add_class_accuracies(root: Path, outputs: pa.Table, rows: dict[str, dict]) -> None:
+def output_paths(store: ResultsStore, experiment: str,
+                 rows: dict[str, dict]) -> dict[str, str]:
+    """{model id: outputs file (path inside ``store.store.fs``)} for the rows' models whose
+    file exists. Only committed models are in ``rows`` (their record or info exists);
+    their files are named, never found by listing the outputs folder."""
+    wanted: dict[str, str] = {}
+    for method, row in rows.items():
+        role = "retrain" if method == REFERENCE_ROW else "unlearned"
+        for model_id in row["model_ids"]:
+            wanted.setdefault(model_id, store.store.path(
+                f"outputs/{output_file_name(experiment, role, model_id)}"))
+    fs = store.store.fs
+    ids = list(wanted)
+    kinds = _parallel(lambda i: fs.get_file_info(wanted[i]).type, ids)
+    return {i: wanted[i] for i, kind in zip(ids, kinds, strict=True)
+            if kind == pafs.FileType.File}
+
+
+class ClassAccuracy:
+    """Per-model counts of right test predictions on the forgotten and retained classes,
+    fed batch by batch (model_id, sample_id, label, logits), so no more than one batch
+    of test logits is held at a time. Gives the numbers of ``right[i, in_forget].mean()``
+    over the stacked test split (a mean of booleans is count / n exactly)."""
+
+    # per model: right on forgotten, forgotten, right on retained, retained, rows,
+    # Σ sample id, Σ sample id² (the last three: do the models hold the same samples?)
+    FIELDS = 7
+
+    def __init__(self, classes: Sequence[int]) -> None:
+        self.classes = np.asarray(sorted(classes), dtype=np.int64)
+        self.counts: dict[str, list[int]] = {}
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        column = batch.column("model_id")
+        models = unique_model_ids(column)
+        codes = model_codes(column, models)
+        labels = batch.column("label").to_numpy().astype(np.int64, copy=False)
+        ids = batch.column("sample_id").to_numpy().astype(np.int64, copy=False)
+        right = flat_logits(batch.column("logits")).argmax(-1) == labels
+        in_forget = np.isin(labels, self.classes)
+        for k, model_id in enumerate(models):
+            mine = codes == k if len(models) > 1 else slice(None)
+            r, f, i = right[mine], in_forget[mine], ids[mine]
+            add = [int((r & f).sum()), int(f.sum()), int((r & ~f).sum()), int((~f).sum()),
+                   len(i), int(i.sum()), int((i * i).sum())]
+            total = self.counts.setdefault(model_id, [0] * self.FIELDS)
+            self.counts[model_id] = [a + b for a, b in zip(total, add, strict=True)]
+
+    def result(self) -> dict[str, dict[str, float]]:
+        """{model id: test/acc_forget_classes, test/acc_retain_classes}; none when the
+        test split lacks forgotten or retained classes. Refused, as ``logits_matrix``
+        does, when models hold different test samples."""
+        ordered = sorted(self.counts)
+        for model_id in ordered:
+            if self.counts[model_id][4:] != self.counts[ordered[0]][4:]:
+                raise UserInputError(
+                    f"model {model_id} holds other test samples than the others")
+        out = {}
+        for model_id in ordered:
+            right_f, n_f, right_r, n_r = self.counts[model_id][:4]
+            if n_f and n_r:
+                out[model_id] = {"test/acc_forget_classes": right_f / n_f,
+                                 "test/acc_retain_classes": right_r / n_r}
+        return out
+
+
+def forget_classes(store: ResultsStore) -> list[int]:
+    """The forgotten classes of a class-wise forgetting run (empty otherwise)."""
+    if not store.exists(MANIFEST_FILE):
+        return []
+    return list(store.read_manifest().forget_classes())
+
+
+def read_model_outputs(store: ResultsStore, experiment: str, rows: dict[str, dict],
+                       classes: Sequence[int] = ()) -> tuple[pa.Table, dict]:
+    """One scan over the committed models' outputs files: the forget split's
+    (model_id, sample_id, label, logits) as a table, and, when ``classes`` is given,
+    the per-model class accuracies of the test split (``ClassAccuracy``), streamed."""
+    paths = output_paths(store, experiment, rows)
+    columns = ["model_id", "sample_id", "label", "logits"]
+    if not paths:
+        return pa.table({c: pa.array([], pa.string()) for c in columns[:1]}), {}
+    splits = ["forget", "test"] if classes else ["forget"]
+    dataset = output_dataset(store.store.fs, [paths[i] for i in sorted(paths)],
+                             dictionary_columns=["model_id", "split"])
+    accuracy = ClassAccuracy(classes) if classes else None
+    forget = []
+    # a file holds its own model's rows; the model filter only guards against strays
+    wanted = split_filter(splits) & pc.field("model_id").isin(sorted(paths))
+    for batch in dataset.to_batches(columns=columns + (["split"] if accuracy else []),
+                                    filter=wanted, batch_size=BATCH_ROWS):
+        if accuracy is not None:
+            is_forget = split_mask(batch.column("split"), "forget")
+            accuracy.add(batch.filter(pc.invert(is_forget)))
+            batch = batch.filter(is_forget).select(columns)
+        if batch.num_rows:
+            forget.append(batch)
+    table = pa.Table.from_batches(forget) if forget else \
+        pa.table({c: pa.array([], pa.string()) for c in columns[:1]})
+    return table, accuracy.result() if accuracy else {}
+
+
+def add_class_accuracies(store: ResultsStore, outputs: pa.Table | Iterable[pa.RecordBatch],
+                         rows: dict[str, dict]) -> None:
     """Class-wise forgetting: each model's test accuracy on the forgotten classes and on
     the retained ones, added to its metrics (``test/acc_forget_classes``,
-    ``test/acc_retain_classes``). Nothing for other forget kinds."""
-    if not (root / MANIFEST_FILE).exists():
-        return
-    classes = read_manifest(root).forget_classes()
+    ``test/acc_retain_classes``). Nothing for other forget kinds. ``outputs``: rows
+    (a table or batches, any splits) with model_id, split, sample_id, label, logits."""
+    classes = forget_classes(store)
     if not classes:
         return
+    accuracy = ClassAccuracy(classes)
     wanted = sorted({i for row in rows.values() for i in row["model_ids"]})
-    subset = outputs.filter(pc.is_in(outputs.column("model_id"),
-                                     value_set=pa.array(wanted, pa.string())))
-    logits, labels, ordered = logits_matrix(subset, "test")
-    if not ordered:
-        return
-    right = logits.argmax(-1) == labels[None, :]
-    in_forget = np.isin(labels, classes)
-    per_model = {m: {"test/acc_forget_classes": float(right[i, in_forget].mean()),
-                     "test/acc_retain_classes": float(right[i, ~in_forget].mean())}
-                 for i, m in enumerate(ordered) if in_forget.any() and (~in_forget).any()}
+    batches = outputs.to_batches() if isinstance(outputs, pa.Table) else outputs
+    for batch in batches:
+        mine = model_codes(batch.column("model_id"), wanted) >= 0
+        test = split_mask(batch.column("split"), "test").to_numpy(zero_copy_only=False)
+        accuracy.add(batch.filter(pa.array(mine & test)))
+    _add_per_model(rows, accuracy.result())
+
+
+def _add_per_model(rows: dict[str, dict], per_model: dict[str, dict]) -> None:
     for row in rows.values():
         for model_id, metrics in zip(row["model_ids"], row["metrics"], strict=True):
             metrics.update(per_model.get(model_id, {}))
 
 
-def add_fscores(root: Path, experiment: str, rows: dict[str, dict],
-                confidences: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Add forget quality and final score to each row; return per-example ε per method."""
+def _read_confidences(store: ResultsStore, experiment: str,
+                      rows: dict[str, dict]) -> dict[str, np.ndarray]:
+    forget, _ = read_model_outputs(store, experiment, rows)
+    return _confidences(forget)
+
+
+def _confidences(forget: pa.Table) -> dict[str, np.ndarray]:
+    """Forget-set confidence per model, from rows that are already the wanted models'."""
+    if forget.num_rows == 0:
+        return {}
+    logits, labels, ordered = logits_matrix(forget, "forget")
+    del forget
+    return confidences_by_model(logits, labels, ordered)
+
+
+def _fscore_tasks(rows: dict[str, dict], confidences: dict[str, np.ndarray]) -> list[_Task]:
+    """Per row with >= 2 models: its F-score metrics and its per-example ε."""
     from unlearn_core.metrics.fscore import per_example_epsilons
 
-    if confidences is None:
-        confidences = _read_confidences(root, experiment, rows)
     ref_ids = [i for i in rows[REFERENCE_ROW]["model_ids"] if i in confidences]
     refs = rows[REFERENCE_ROW]["metrics"]
     ref_acc = {"retain_acc_r": _mean(refs, "retain/acc"), "test_acc_r": _mean(refs, "test/acc")}
-    epsilons = {}
+    tasks = []
     for method, row in rows.items():
         present = {**row, "model_ids": [i for i in row["model_ids"] if i in confidences]}
         unlearned_ids, retrained_ids = _model_sets(method, present, ref_ids, same_count=True)
@@ -220,21 +476,67 @@ def add_fscores(root: Path, experiment: str, rows: dict[str, dict],
         r = _stack(confidences, retrained_ids)
         accuracies = {**ref_acc, "retain_acc_u": _mean(row["metrics"], "retain/acc"),
                       "test_acc_u": _mean(row["metrics"], "test/acc")}
-        row["fscore"] = fscore_metrics(u, r, accuracies, n_boot=50)
-        epsilons[method] = per_example_epsilons(u, r)
-    return epsilons
+        # cost ~ examples x scorings (the bootstrap rescores n_boot times); the per-example
+        # work hardly grows with the model count, which only breaks ties (biggest first)
+        n_models, n_examples = u.shape
+        tasks.append(_Task("fscore", method, fscore_metrics, (u, r, accuracies),
+                           {"n_boot": FSCORE_BOOT}, n_examples * (FSCORE_BOOT + 1) + n_models))
+        tasks.append(_Task("epsilons", method, per_example_epsilons, (u, r), {},
+                           n_examples + n_models))
+    return tasks
 
 
-def add_ulira(rows: dict[str, dict], confidences: dict[str, np.ndarray]) -> None:
-    """Add ``row["ulira"]`` (``ulira_metrics``) where both sets hold >= 3 models."""
+def _ulira_tasks(rows: dict[str, dict], confidences: dict[str, np.ndarray]) -> list[_Task]:
+    """Per row where both sets hold >= 3 models: its U-LiRA metrics."""
     ref_ids = [i for i in rows[REFERENCE_ROW]["model_ids"] if i in confidences]
+    tasks = []
     for method, row in rows.items():
         present = {**row, "model_ids": [i for i in row["model_ids"] if i in confidences]}
         unlearned_ids, retrained_ids = _model_sets(method, present, ref_ids, same_count=False)
         if min(len(unlearned_ids), len(retrained_ids)) < ULIRA_MIN_MODELS:
             continue
-        row["ulira"] = ulira_metrics(_stack(confidences, unlearned_ids),
-                                     _stack(confidences, retrained_ids))
+        u, r = _stack(confidences, unlearned_ids), _stack(confidences, retrained_ids)
+        tasks.append(_Task("ulira", method, ulira_metrics, (u, r), {}, u.shape[1]))
+    return tasks
+
+
+def _apply(rows: dict[str, dict], tasks: list[_Task], results: list) -> dict[str, np.ndarray]:
+    """Store each task's result in its row; return the per-example ε per method, in row
+    order."""
+    epsilons = {}
+    for task, result in zip(tasks, results, strict=True):
+        if task.kind == "epsilons":
+            epsilons[task.method] = result
+        else:
+            rows[task.method][task.kind] = result
+    return {m: epsilons[m] for m in rows if m in epsilons}
+
+
+def add_fscores(store: ResultsStore, rows: dict[str, dict],
+                confidences: dict[str, np.ndarray] | None = None,
+                experiment: str | None = None, workers: int | None = 1
+                ) -> dict[str, np.ndarray]:
+    """Add forget quality and final score to each row; return per-example ε per method.
+    Without ``confidences`` they are read from the store (``experiment``: the one in
+    summary.json, by default the store's). ``workers``: see ``run_tasks``."""
+    if confidences is None:
+        confidences = _read_confidences(store, experiment or store.experiment, rows)
+    tasks = _fscore_tasks(rows, confidences)
+    return _apply(rows, tasks, run_tasks(tasks, workers))
+
+
+def add_ulira(rows: dict[str, dict], confidences: dict[str, np.ndarray],
+              workers: int | None = 1) -> None:
+    """Add ``row["ulira"]`` (``ulira_metrics``) where both sets hold >= 3 models."""
+    tasks = _ulira_tasks(rows, confidences)
+    _apply(rows, tasks, run_tasks(tasks, workers))
+
+
+def add_many_model_metrics(rows: dict[str, dict], confidences: dict[str, np.ndarray],
+                           workers: int | None = None) -> dict[str, np.ndarray]:
+    """``add_fscores`` and ``add_ulira`` as one batch of tasks (one process pool)."""
+    tasks = _fscore_tasks(rows, confidences) + _ulira_tasks(rows, confidences)
+    return _apply(rows, tasks, run_tasks(tasks, workers))
 
 
 def _mean(metrics: list[dict], key: str) -> float:
@@ -387,7 +689,7 @@ def write_table(folder: Path, name: str, header: list[str], body: list[list[str]
     return markdown
 
 
-def tensor_order(root: Path, summary: dict) -> list[str] | None:
+def tensor_order(store: ResultsStore, summary: dict) -> list[str] | None:
     """State-dict tensor names of the source model, in model order (None if unknown).
 
     Trial records store metrics with sorted keys, so the order of the
@@ -395,10 +697,10 @@ def tensor_order(root: Path, summary: dict) -> list[str] | None:
     model is built on the meta device (no memory, no weights); names do not
     depend on the class count or the input size used here.
     """
-    info_path = root / "models" / f"{summary.get('source', '')}.json"
-    if not summary.get("source") or not info_path.exists():
+    source = summary.get("source")
+    if not source or not store.exists(store.model_info_rel(source)):
         return None
-    name = json.loads(info_path.read_text()).get("model")
+    name = store.read_model_info(source).get("model")
     if not name:
         return None
     try:
@@ -413,33 +715,42 @@ def tensor_order(root: Path, summary: dict) -> list[str] | None:
         return None
 
 
-def _config_columns(root: Path) -> list[str]:
+def _config_columns(store: ResultsStore) -> list[str]:
     """Extra columns the run's config names (``table_columns``), if any."""
-    path = root / "config.yaml"
-    if not path.exists():
+    if not store.exists("config.yaml"):
         return []
     import yaml
 
-    return list((yaml.safe_load(path.read_text()) or {}).get("table_columns", []))
+    config = yaml.safe_load(store.store.read_text("config.yaml")) or {}
+    return list(config.get("table_columns", []))
 
 
-def assemble(root: str | Path) -> dict:
-    """Compute and write the tables and plots; return paths and the Markdown table.
+def assemble(store: ResultsStore | str | Path, workers: int | None = None) -> dict:
+    """Compute the tables and plots, write them to the store; return them.
 
-    Returns ``markdown`` (main table), ``mia_markdown`` (MIA table, "" when no
-    row holds MIA scores), ``tables`` (folder), ``plots`` (written paths) and
-    ``rows`` (per method: metrics, model ids, hparams, fscore, ulira).
+    ``store``: a ``ResultsStore`` or an experiment's folder (local path or URI).
+    Tables and plots are written into a local staging folder, then uploaded to
+    the store's ``tables/`` and ``plots/``. Returns ``markdown`` (main table),
+    ``mia_markdown`` (MIA table, "" when no row holds MIA scores), ``tables``
+    (the local staging folder of the tables, left for the caller, e.g. to log
+    as MLflow artifacts), ``plots`` (local paths of the written plots),
+    ``tables_uri`` (the store's ``tables/results.md``), ``plots_uri`` (the
+    store's ``plots/`` folder) and ``rows`` (per method: metrics, model ids,
+    hparams, fscore, ulira). ``workers``: processes for the F-score and U-LiRA of
+    the rows (None: one per CPU when the work is big enough; see ``run_tasks``).
     """
-    root = Path(root)
-    rows = method_rows(root)  # raises a UserInputError without summary.json
-    summary = json.loads((root / "summary.json").read_text())
-    outputs = read_outputs(root / "outputs", experiment=summary["experiment"])
-    add_class_accuracies(root, outputs, rows)
-    confidences = _read_confidences(root, summary["experiment"], rows, outputs)
-    epsilons = add_fscores(root, summary["experiment"], rows, confidences)
-    add_ulira(rows, confidences)
-    tables = root / "tables"
-    header, body = build_table(rows, extra=_config_columns(root))
+    store = _open(store)
+    summary = read_summary(store)  # a UserInputError without summary.json
+    rows = method_rows(store, summary)
+    forget, per_model = read_model_outputs(store, summary["experiment"], rows,
+                                           forget_classes(store))
+    _add_per_model(rows, per_model)
+    confidences = _confidences(forget)
+    del forget
+    epsilons = add_many_model_metrics(rows, confidences, workers)
+    staging = Path(tempfile.mkdtemp(prefix="unlearn-assemble-"))
+    tables = staging / "tables"
+    header, body = build_table(rows, extra=_config_columns(store))
     markdown = write_table(tables, "results", header, body)
     mia_header, mia_body = build_mia_table(rows)
     mia_markdown = ""
@@ -451,7 +762,11 @@ def assemble(root: str | Path) -> dict:
                   for m, r in rows.items()}
     atomic_write_text(tables / "methods.json", json.dumps(per_method, indent=1, default=float))
     # building the architecture imports the model zoo: only when there is a layer plot
-    order = tensor_order(root, summary) if layer_names(rows) else None
-    plots = write_plots(root / "plots", rows, epsilons, order)
+    order = tensor_order(store, summary) if layer_names(rows) else None
+    plots = write_plots(staging / "plots", rows, epsilons, order)
+    store.store.put_dir(tables, "tables", last="results.md")
+    if plots:
+        store.store.put_dir(staging / "plots", "plots")
     return {"markdown": markdown, "mia_markdown": mia_markdown, "tables": tables,
-            "plots": plots, "rows": rows}
+            "plots": plots, "rows": rows, "tables_uri": store.store.url("tables/results.md"),
+            "plots_uri": store.store.url("plots")}

@@ -1,4 +1,6 @@
-"""assemble on a hand-built results folder: new columns, the MIA table, U-LiRA, plots."""
+"""assemble on a hand-built results store: new columns, the MIA table, U-LiRA, plots,
+what it reads (committed models only, never a listing of the outputs folder) and where it
+writes (the store, through a local staging folder)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ import pytest
 
 from pipelines.assemble import assemble, build_table, relearn_cell, tensor_order
 from pipelines.plots import layer_names
+from pipelines.store import ResultsStore
 from unlearn_core.metrics.fscore import logit_scaled_confidence
 from unlearn_core.metrics.ulira import ulira_metrics
-from unlearn_core.outputs import outputs_table, write_outputs
+from unlearn_core.outputs import outputs_table
+from unlearn_core.storage import Store
 
 EXPERIMENT = "fake"
 CLASSES = 4
@@ -35,12 +39,12 @@ def _logits(seed: int, forget_boost: float) -> dict:
     return out
 
 
-def _write_model(root: Path, model_id: str, role: str, method: str, seed: int,
+def _write_model(store: ResultsStore, model_id: str, role: str, method: str, seed: int,
                  boost: float) -> np.ndarray:
     per_split = _logits(seed, boost)
     table = outputs_table(per_split, method=method, hparams_hash="h", seed=seed,
                           model_id=model_id)
-    write_outputs(table, root / "outputs", experiment=EXPERIMENT, role=role, writer_id=model_id)
+    store.write_outputs(table, role, model_id)
     return logit_scaled_confidence(per_split["forget"][2], per_split["forget"][1])
 
 
@@ -64,19 +68,20 @@ def _extras(mia_conf: float, relearn: tuple[float, float], *, layer_scale: float
     return out
 
 
-def make_results(root: Path, *, n_refs: int, methods: dict[str, list[dict]],
+def make_results(root: Path | ResultsStore, *, n_refs: int, methods: dict[str, list[dict]],
                  extras: bool) -> dict:
-    """summary.json, models/*.json, trials/<method>/*.json and outputs, by hand.
+    """summary.json, models/*.json, trials/<method>/*.json and outputs, through the store.
 
-    ``methods`` maps a method to its replicates' metrics. Returns the forget-set
-    confidences per model id (for hand-computing U-LiRA).
+    ``root``: the experiment folder (a local store) or a store. ``methods`` maps a method
+    to its replicates' metrics. Returns the forget-set confidences per model id (for
+    hand-computing U-LiRA).
     """
+    store = root if isinstance(root, ResultsStore) else \
+        ResultsStore(Store.at(root), EXPERIMENT)
     confidences = {}
     source = "source-x"
-    (root / "models").mkdir(parents=True)
-    (root / "models" / f"{source}.json").write_text(json.dumps(
-        {"key": source, "role": "source", "model": "lenet", "train_seconds": 1.0,
-         "metrics": _base(1.0)}))
+    store.write_model_info(source, {"key": source, "role": "source", "model": "lenet",
+                                    "train_seconds": 1.0, "metrics": _base(1.0)})
     refs = []
     for i in range(n_refs):
         key = f"retrain-{i}"
@@ -85,28 +90,37 @@ def make_results(root: Path, *, n_refs: int, methods: dict[str, list[dict]],
         if extras:  # references: 3 relearn within 1 epoch, 3 never (cap 5)
             metrics |= _extras(0.1 if i % 2 == 0 else 0.3, (1.0, 1.0) if i < 3 else (5.0, 0.0),
                                layer_scale=1.0)
-        (root / "models" / f"{key}.json").write_text(json.dumps(
-            {"key": key, "role": "retrain", "model": "lenet", "train_seconds": 2.0,
-             "metrics": metrics}))
-        confidences[key] = _write_model(root, key, "retrain", "retrain", 100 + i, 0.0)
+        confidences[key] = _write_model(store, key, "retrain", "retrain", 100 + i, 0.0)
+        store.write_model_info(key, {"key": key, "role": "retrain", "model": "lenet",
+                                     "train_seconds": 2.0, "metrics": metrics})
     replicates = {}
     for m, (method, rep_metrics) in enumerate(methods.items()):
         replicates[method] = []
         for s, metrics in enumerate(rep_metrics):
             key = f"{method}-{s}"
             replicates[method].append(key)
-            record = {"trial_key": key, "method": method, "stage": "replicate", "seed": s,
-                      "hparams": {"lr": 0.1}, "status": "ok", "error": None,
-                      "metrics": metrics, "objective": 0.0, "seconds": 1.0}
-            path = root / "trials" / method / f"{key}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record))
-            confidences[key] = _write_model(root, key, "unlearned", method, 10 * m + s,
+            confidences[key] = _write_model(store, key, "unlearned", method, 10 * m + s,
                                             1.0 + m)
-    (root / "summary.json").write_text(json.dumps(
-        {"experiment": EXPERIMENT, "methods": [*methods, "retrain"], "replicates": replicates,
-         "references": refs, "source": source, "best": {}}))
+            store.write_trial({"trial_key": key, "method": method, "stage": "replicate",
+                               "seed": s, "hparams": {"lr": 0.1}, "status": "ok",
+                               "error": None, "metrics": metrics, "objective": 0.0,
+                               "seconds": 1.0})
+    store.write_json("summary.json", {
+        "experiment": EXPERIMENT, "methods": [*methods, "retrain"], "replicates": replicates,
+        "references": refs, "source": source, "best": {}})
     return confidences
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _staging_under_tmp(tmp_path_factory):
+    """assemble leaves its local staging folder to the caller: keep the tests' in pytest's
+    temporary folders, not in /tmp."""
+    import tempfile
+
+    before = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("staging"))
+    yield
+    tempfile.tempdir = before
 
 
 def _table(markdown: str) -> dict[str, dict[str, str]]:
@@ -189,14 +203,29 @@ def test_every_plot_is_a_png(full):
     assert names == {"accuracy.png", "epsilon_hist.png", "mia.png", "distance_layers.png",
                      "prediction_distribution.png"}
     for path in out["plots"]:
-        assert path.parent == root / "plots"
+        assert path.parent != root / "plots"  # drawn into the local staging folder...
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # ...and uploaded to the store
+        assert (root / "plots" / path.name).read_bytes() == path.read_bytes()
+    assert out["plots_uri"] == str(root / "plots")
+
+
+def test_tables_staged_locally_and_uploaded(full):
+    root, out, _ = full
+    assert out["tables_uri"] == str(root / "tables" / "results.md")
+    assert (root / "tables" / "results.md").read_text() == out["markdown"]
+    staged = sorted(p.name for p in out["tables"].iterdir())
+    assert staged == sorted(p.name for p in (root / "tables").iterdir())
+    assert staged == ["methods.json", "mia.csv", "mia.md", "mia.tex", "results.csv",
+                      "results.md", "results.tex"]
+    for name in staged:
+        assert (out["tables"] / name).read_bytes() == (root / "tables" / name).read_bytes()
 
 
 def test_layers_in_model_order(full):
     root, out, _ = full
     summary = json.loads((root / "summary.json").read_text())
-    order = tensor_order(root, summary)
+    order = tensor_order(ResultsStore.open(root), summary)
     assert order == LENET
     assert layer_names(out["rows"], order) == LENET
     # without the model, names fall back to natural order
@@ -230,16 +259,19 @@ def test_relearn_cell_edge_cases():
 
 def test_class_accuracies_on_held_out_split(tmp_path):
     """Class-wise forgetting: test accuracy on the forgotten / retained classes per model,
-    computed from stored outputs (seed 003's A_Df and A_Dr), against hand counts."""
+    computed from stored outputs (seed 003's A_Df and A_Dr), against hand counts; the same
+    numbers from a table and from the streamed scan of the stored files."""
     import pyarrow as pa
 
-    from pipelines.assemble import add_class_accuracies
+    from pipelines.assemble import add_class_accuracies, forget_classes, read_model_outputs
     from tests.conftest import make_dataset
     from unlearn_core.data.manifest import make_manifest
 
     ds = make_dataset(n=80, num_classes=4)
     manifest = make_manifest(ds, "classes=1", seed=0)
-    manifest.write(tmp_path)
+    store = ResultsStore(Store.at(tmp_path / EXPERIMENT), EXPERIMENT)
+    store.write_manifest(manifest)
+    assert forget_classes(store) == [1]
     test_ids = manifest.ids("test")
     labels = ds.labels.numpy()[test_ids]
     tables, rows = [], {"m": {"model_ids": [], "metrics": []}}
@@ -250,9 +282,10 @@ def test_class_accuracies_on_held_out_split(tmp_path):
         per_split = {"test": (test_ids, labels, logits)}
         tables.append(outputs_table(per_split, method="m", hparams_hash="", seed=k,
                                     model_id=f"m{k}"))
+        store.write_outputs(tables[-1], "unlearned", f"m{k}")
         rows["m"]["model_ids"].append(f"m{k}")
         rows["m"]["metrics"].append({})
-    add_class_accuracies(tmp_path, pa.concat_tables(tables), rows)
+    add_class_accuracies(store, pa.concat_tables(tables), rows)
     n_forget = int((labels == 1).sum())
     first, second = rows["m"]["metrics"]
     assert first == {"test/acc_forget_classes": 1.0, "test/acc_retain_classes": 1.0}
@@ -260,3 +293,142 @@ def test_class_accuracies_on_held_out_split(tmp_path):
     assert second["test/acc_retain_classes"] == 1.0
     header, _ = build_table(rows)
     assert "Acc D_t,f" in header and "Acc D_t,r" in header
+    # the streamed scan of the files gives the same numbers (and no forget rows here)
+    forget, per_model = read_model_outputs(store, EXPERIMENT, rows, [1])
+    assert forget.num_rows == 0
+    assert per_model == {"m0": first, "m1": second}
+
+
+def test_class_accuracies_refuse_models_with_other_samples(tmp_path):
+    from pipelines.assemble import ClassAccuracy
+    from unlearn_core.errors import UserInputError
+
+    accuracy = ClassAccuracy([0])
+    for model_id, ids in (("a", [0, 1, 2]), ("b", [0, 1, 3])):
+        logits = np.eye(2, dtype=np.float32)[[0, 1, 0]]
+        accuracy.add(outputs_table({"test": (np.array(ids), np.array([0, 1, 1]), logits)},
+                                   method="m", hparams_hash="", seed=0, model_id=model_id))
+    with pytest.raises(UserInputError, match="model b holds other test samples"):
+        accuracy.result()
+
+
+# --------------------------------------------------------------------------
+# what assembly reads: committed models only, by name; where it works: any store
+
+
+def _stray_outputs(store: ResultsStore, model_id: str) -> None:
+    """Outputs of a lost worker's trial: 3 forget samples (not the 8 the others hold), so
+    stacking them with the committed models' would be refused."""
+    ids = np.arange(3)
+    table = outputs_table({"forget": (ids, ids % CLASSES, np.zeros((3, CLASSES), np.float32))},
+                          method="plain", hparams_hash="h", seed=0, model_id=model_id)
+    store.write_outputs(table, "unlearned", model_id)
+
+
+def test_uncommitted_outputs_are_never_read(tmp_path):
+    root = tmp_path / EXPERIMENT
+    make_results(root, n_refs=4, methods={"plain": [_base(0.2), _base(0.3), _base(0.25)]},
+                 extras=False)
+    clean = assemble(root)
+    store = ResultsStore.open(root)
+    # a replicate the summary lists whose trial record was never written (not committed)
+    _stray_outputs(store, "plain-3")
+    summary = store.read_json("summary.json")
+    summary["replicates"]["plain"].append("plain-3")
+    store.write_json("summary.json", summary)
+    # a trial no summary lists, and files that are not Parquet at all, named as outputs
+    _stray_outputs(store, "plain-7")
+    folder = root / "outputs" / f"experiment={EXPERIMENT}"
+    (folder / "role=unlearned" / "plain-9.parquet").write_bytes(b"not parquet")
+    (folder / "role=retrain" / "retrain-9.parquet").write_bytes(b"not parquet")
+    again = assemble(str(root))
+    assert again["rows"]["plain"]["model_ids"] == ["plain-0", "plain-1", "plain-2"]
+    assert again["rows"]["plain"]["failed"] == 1 and clean["rows"]["plain"]["failed"] == 0
+    assert again["markdown"] == clean["markdown"]
+    for method in ("plain", "retrain"):
+        assert again["rows"][method].get("fscore") == clean["rows"][method].get("fscore")
+        assert again["rows"][method].get("ulira") == clean["rows"][method].get("ulira")
+
+
+class _Recorder:
+    """Which folders a file system was asked to list."""
+
+    def __init__(self) -> None:
+        self.listed: list[str] = []
+
+
+def _memory_store(bucket: str, recorder: _Recorder) -> ResultsStore:
+    """A store that is not on this machine's disk: an in-memory file system behind an
+    s3:// URI (as pyarrow.fs sees an object store), recording every listing."""
+    import fsspec  # a dependency of ray[tune], declared in the dev extras too
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    memory = fsspec.filesystem("memory")
+
+    class Spy(type(memory)):
+        def find(self, path, *args, **kwargs):
+            recorder.listed.append(str(path))
+            return super().find(path, *args, **kwargs)
+
+        def ls(self, path, *args, **kwargs):
+            recorder.listed.append(str(path))
+            return super().ls(path, *args, **kwargs)
+
+    base = f"/{bucket}/{EXPERIMENT}"
+    store = Store(f"s3://{bucket}/{EXPERIMENT}", [PyFileSystem(FSSpecHandler(Spy())), base])
+    return ResultsStore(store, EXPERIMENT)
+
+
+def test_assemble_on_a_store_off_this_disk(tmp_path):
+    recorder = _Recorder()
+    remote = _memory_store("assemble-test", recorder)
+    assert remote.store.local_root is None
+    methods = {"plain": [_base(0.2), _base(0.3), _base(0.25)]}
+    make_results(remote, n_refs=4, methods=methods, extras=False)
+    _stray_outputs(remote, "plain-7")
+    remote.store.write_bytes(remote.outputs_rel("unlearned", "plain-9"), b"not parquet")
+    recorder.listed.clear()
+    out = assemble(remote)
+    assert not [p for p in recorder.listed if "outputs" in p], recorder.listed
+    # the same numbers as on a local disk
+    local = tmp_path / EXPERIMENT
+    make_results(local, n_refs=4, methods=methods, extras=False)
+    assert out["markdown"] == assemble(local)["markdown"]
+    assert out["tables_uri"] == f"s3://assemble-test/{EXPERIMENT}/tables/results.md"
+    assert remote.store.read_text("tables/results.md") == out["markdown"]
+    assert json.loads(remote.store.read_text("tables/methods.json"))["plain"]["n"] == 3
+    for path in out["plots"]:
+        assert remote.store.read_bytes(f"plots/{path.name}") == path.read_bytes()
+
+
+def test_metrics_in_worker_processes_are_the_same(tmp_path):
+    """The rows' F-score and U-LiRA computed in 2 spawned processes: identical numbers."""
+    root = tmp_path / EXPERIMENT
+    methods = {"a": [_base(0.2)] * 3, "b": [_base(0.3)] * 4}
+    make_results(root, n_refs=6, methods=methods, extras=False)
+    inline, pooled = assemble(root, workers=1), assemble(root, workers=2)
+    assert pooled["markdown"] == inline["markdown"]
+    for method in ("a", "b", "retrain"):
+        assert pooled["rows"][method]["fscore"] == inline["rows"][method]["fscore"]
+        assert pooled["rows"][method]["ulira"] == inline["rows"][method]["ulira"]
+
+
+def test_forget_confidences_of_the_wanted_models(tmp_path):
+    import pyarrow as pa
+
+    from pipelines.assemble import forget_confidences
+
+    tables, expected = [], {}
+    for k, model_id in enumerate(("c", "a", "b")):
+        per_split = _logits(k, 1.0)
+        tables.append(outputs_table(per_split, method="m", hparams_hash="h", seed=k,
+                                    model_id=model_id))
+        expected[model_id] = logit_scaled_confidence(per_split["forget"][2],
+                                                     per_split["forget"][1])
+    table = pa.concat_tables(tables)
+    got = forget_confidences(table, ["b", "a", "missing"])
+    assert sorted(got) == ["a", "b"]
+    for model_id, values in got.items():
+        np.testing.assert_array_equal(values, expected[model_id])
+    assert sorted(forget_confidences(table, ["a", "b", "c"])) == ["a", "b", "c"]
+    assert forget_confidences(table, []) == {}

@@ -135,8 +135,7 @@ def stopped_trial_recorder(ctx: SweepContext):
             # an epoch report that ended the trial (done): the scheduler stopped it
             if not job or not result.get("done") or "epoch_metrics" not in result:
                 return
-            path = ctx.store.trial_path(job["method"], result["trial_key"])
-            if not path.exists():
-                ctx.store.write_json(path, stopped_record(ctx, job, result))
+            if not ctx.store.trial_done(job["method"], result["trial_key"]):
+                ctx.store.write_trial(stopped_record(ctx, job, result))
 
     return StoppedTrialRecorder()

@@ -193,9 +193,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
             p = sub.add_parser(
                 "run", help="run an experiment config end to end on Ray, tracked in MLflow",
                 description=(
-                    "prepare -> references (Ray Train) -> sweep (Ray Tune) -> replicate -> "
-                    "assemble, from one YAML config. Every stage skips work that exists, so "
-                    "the same command resumes a crashed run."),
+                    "prepare -> references (a pool of Ray tasks) -> sweep (Ray Tune) -> "
+                    "replicate -> assemble, from one YAML config. Every stage skips work that "
+                    "exists, so the same command resumes a crashed run. One run per "
+                    "experiment at a time: a second one on the same results is refused."),
                 epilog="Example: unlearn run pipelines/configs/quickstart.yaml --smoke",
             )
             p.add_argument("config", help="experiment YAML (see pipelines/configs/)")
@@ -209,8 +210,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--smoke", action="store_true",
                        help="shrink the config to run in seconds (few references and trials)")
         p.add_argument("--tracking-uri", default=None,
-                       help="MLflow URI (default: sqlite:///<results>/mlflow.db, absolute)")
-        p.add_argument("--results", default=None, help="results folder (default: results)")
+                       help="MLflow URI (default: sqlite:///<results>/mlflow.db, absolute; "
+                            "./mlflow.db when the results are not on this disk)")
+        p.add_argument("--results", default=None,
+                       help="results location: a folder, or file://, s3://, gs://, hdfs://, "
+                            "abfs:// (default: the config's results_dir, results). S3 "
+                            "settings come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                            "AWS_SECRET_ACCESS_KEY, AWS_REGION")
         p.add_argument("--address", default=None,
                        help="Ray cluster address (default: start a local Ray)")
         p.add_argument("--num-cpus", type=int, default=None,
@@ -262,21 +268,26 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tables", help="recompute tables and plots from a results folder",
                        description="Recompute the paper-style tables (Markdown, CSV, LaTeX) "
                                    "and plots from the stored outputs, without retraining.",
-                       epilog="Example: unlearn tables results/quickstart-digits-class3")
-    p.add_argument("results_dir", help="an experiment's results folder")
+                       epilog="Example: unlearn tables results/quickstart-digits-class3  "
+                              "or  unlearn tables s3://bucket/prefix/quickstart-digits-class3")
+    p.add_argument("results_dir", help="an experiment's results folder or URI")
     p.set_defaults(func=cmd_tables)
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
+    import shutil
     from pathlib import Path
 
     from pipelines.assemble import assemble
+    from pipelines.store import ResultsStore
 
-    assembled = assemble(Path(args.results_dir))
+    store = ResultsStore.open(args.results_dir)
+    assembled = assemble(store)
     print(assembled["markdown"])
-    print(f"tables {assembled['tables']}")
+    print(f"tables {store.store.url('tables')}")
     for path in assembled["plots"]:
-        print(f"plot   {path}")
+        print(f"plot   {store.store.url('plots/' + path.name)}")
+    shutil.rmtree(Path(assembled["tables"]).parent, ignore_errors=True)  # local staging
     return 0
 
 

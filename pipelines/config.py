@@ -93,7 +93,9 @@ class ReferencesConfig(Strict):
     count: int = Field(8, ge=1, le=4096)
     seed_start: int = 1000  # reference i uses seed seed_start + i
     recipe: RecipeConfig | None = None  # None: the source's recipe (it should be the same)
-    workers: int = Field(2, ge=1)  # Ray Train workers; each trains its share of seeds
+    # data_parallel only: Ray Train workers that train each model together. Otherwise the
+    # references are a pool of one-model tasks that every free worker pulls from.
+    workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0.0)
     gpus_per_worker: float = Field(0.0, ge=0.0)
     # True: all workers train each model together (data-parallel: each takes 1/workers of
@@ -227,7 +229,11 @@ class ExperimentConfig(Strict):
     # extra table columns by metric key, e.g. test/acc_class_7 (seed 001's retained classes)
     table_columns: list[str] = Field(default_factory=list)
     tracking_uri: str | None = None
+    # a local folder or a URI: file://, s3://, gs://, hdfs://, abfs:// (unlearn_core.storage)
     results_dir: str = "results"
+    # times a reference, trial or replicate is retried after an infrastructure failure
+    # (worker or node lost, object lost, I/O error); a method's own failure is never retried
+    max_retries: int = Field(3, ge=0)
     device: str = "auto"
     smoke: SmokeConfig = Field(default_factory=SmokeConfig)
 

@@ -113,7 +113,6 @@ def reference_probes(
     """
     import torch
 
-    from unlearn_core.checkpoint import load_checkpoint
     from unlearn_core.train.loop import predict_logits
     from unlearn_core.train.source import build_model
 
@@ -122,7 +121,7 @@ def reference_probes(
 
     def load(key: str) -> nn.Module:
         model = build_model(model_name, dataset, seed=0)
-        load_checkpoint(model, store.model_path(key))
+        store.load_model(key, model)
         return model.to(device).eval()
 
     forget = DeviceData.from_dataset(dataset, manifest.ids("forget"), device)
@@ -143,8 +142,8 @@ def reference_probes(
 
     out = {}
     for i, key in enumerate(reference_keys):
-        path = store.root / "models" / f"{key}.probes-{salt}.json"
-        if path.exists():
+        path = f"models/{key}.probes-{salt}.json"
+        if store.exists(path):
             out[key] = store.read_json(path)
         else:
             other = reference_keys[(i + 1) % len(reference_keys)] \

@@ -1,32 +1,34 @@
-"""references stage: the source model and N retrained references as one Ray Train job.
+"""references stage: the source model and N retrained references, as a pool of Ray tasks.
 
-One ``TorchTrainer`` (Train V2) job trains many models: worker r of W trains
-units r, r+W, r+2W, ... Each finished model is written at once (safetensors
-checkpoint, per-sample outputs, an info JSON written last), so a restarted job
-skips finished seeds; each worker reports to Ray Train once, at the end
-(``ray.train.report`` is a barrier and costs seconds per call).
-Never one Ray job per small model: the scheduling overhead is paid once.
+Each model is one Ray task (``max_retries``: a task lost with its worker or node
+is run again elsewhere; an I/O error is retried too). Idle workers pull the next
+model from Ray's queue, so a lost node costs only the models in flight on it,
+never a fixed share. Each finished model is written through the results store
+(safetensors checkpoint, per-sample outputs, then the info JSON, written last,
+which commits it), so a restarted run skips finished models. The dataset goes
+to the workers once, through the object store; worker processes are reused
+across tasks, so imports are paid once per worker.
+
+``references.data_parallel`` (one large model across all workers) is one Ray
+Train job instead (``train_units_data_parallel``).
 """
 
 from __future__ import annotations
 
-import shutil
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipelines.evaluate import ReferenceSummary, mean_metrics, model_metrics
 from pipelines.keys import stable_hash
 from pipelines.store import ResultsStore
-from unlearn_core.checkpoint import save_checkpoint
 from unlearn_core.data.manifest import SplitManifest
 from unlearn_core.data.types import ImageDataset
-from unlearn_core.outputs import logits_matrix, outputs_table, read_outputs, split_logits
-from unlearn_core.outputs import write_outputs as write_output_table
+from unlearn_core.outputs import logits_matrix, outputs_table, read_output_files, split_logits
 from unlearn_core.train.device_data import DeviceData
 from unlearn_core.train.loop import fit
 from unlearn_core.train.recipe import Recipe
@@ -71,66 +73,60 @@ def make_units(config, manifest_hash: str, record_updates: bool) -> list[TrainUn
 
 
 def is_done(store: ResultsStore, unit: TrainUnit) -> bool:
-    return store.model_info_path(unit.key).exists()
+    return store.model_done(unit.key)
 
 
 def train_unit(unit: TrainUnit, dataset: ImageDataset, manifest: SplitManifest,
                store: ResultsStore, device, mia_max_per_class: int = 5000) -> dict:
     """Train, evaluate and store one model. The info JSON is written last: it marks done."""
     recipe = Recipe.from_dict(unit.recipe)
-    hooks = [UpdateRecorder(store.updates_dir(unit.key), seed=unit.seed)] \
-        if unit.record_updates else []
-    if hooks and store.updates_dir(unit.key).exists():
-        # A crash mid-recording left a partial folder: start it again.
-        shutil.rmtree(store.updates_dir(unit.key))
-    trained = train_model(dataset, manifest, unit.model, recipe, role=unit.role, seed=unit.seed,
-                          device=device, hooks=hooks)
-    seconds = trained.fit.seconds
-    if unit.sparsity > 0:
-        masks = prune_model(trained.model, unit.sparsity)
-        view = "train" if unit.role == "source" else "retain"
-        data = DeviceData.from_dataset(dataset, manifest.ids(view), device)
-        seconds += fit(trained.model, data, recipe, seed=unit.seed + 1,
-                       hooks=[MaskHook(masks)]).seconds
+    # The recording goes to this node's disk first, then to the store (index last).
+    with tempfile.TemporaryDirectory(prefix="unlearn-updates-") as scratch:
+        recording = Path(scratch) / "updates"
+        hooks = [UpdateRecorder(recording, seed=unit.seed)] if unit.record_updates else []
+        trained = train_model(dataset, manifest, unit.model, recipe, role=unit.role,
+                              seed=unit.seed, device=device, hooks=hooks)
+        seconds = trained.fit.seconds
+        if unit.sparsity > 0:
+            masks = prune_model(trained.model, unit.sparsity)
+            view = "train" if unit.role == "source" else "retain"
+            data = DeviceData.from_dataset(dataset, manifest.ids(view), device)
+            seconds += fit(trained.model, data, recipe, seed=unit.seed + 1,
+                           hooks=[MaskHook(masks)]).seconds
+        if hooks:
+            store.put_updates(unit.key, recording)  # before the info JSON commits the model
     return store_trained_unit(unit, trained.model, seconds, dataset, manifest, store, device,
                               mia_max_per_class)
 
 
-def _train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train worker: train this rank's share of the units, one round at a time.
+def _reference_task(unit: TrainUnit, data, store: ResultsStore, use_gpu: bool, cpus: int,
+                    mia_max_per_class: int) -> str:
+    """One model, in a Ray worker. Idempotent: a retried task whose model got committed
+    before the failure returns at once; an uncommitted one starts again from scratch."""
+    import torch
 
-    With ``data_parallel`` every worker trains every unit instead, on its shard of
-    each batch (``train_units_data_parallel``).
-    """
+    torch.set_num_threads(max(1, int(cpus)))
+    if not is_done(store, unit):
+        dataset, manifest = data
+        device = torch.device("cuda") if use_gpu else torch.device("cpu")
+        train_unit(unit, dataset, manifest, store, device, mia_max_per_class)
+    return unit.key
+
+
+def _train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train worker (``data_parallel``): every rank trains every unit together, on its
+    shard of each batch (``train_units_data_parallel``)."""
     import ray
     import ray.train
     import torch
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))
     dataset, manifest = ray.get(loop_config["data_ref"])
     store: ResultsStore = loop_config["store"]
-    units: list[TrainUnit] = loop_config["units"]
     device = ray.train.torch.get_device() if loop_config["use_gpu"] else torch.device("cpu")
-    if loop_config.get("data_parallel"):
-        # Every rank trains every unit together, on its shard of each batch.
-        finished = train_units_data_parallel(units, dataset, manifest, store, device,
-                                             loop_config["mia_max_per_class"])
-        ray.train.report({"finished": finished})
-        return
-    rounds = (len(units) + world - 1) // world
-    finished = 0
-    for round_index in range(rounds):
-        position = round_index * world + rank
-        if position < len(units) and not is_done(store, units[position]):
-            train_unit(units[position], dataset, manifest, store, device,
-                       loop_config["mia_max_per_class"])
-            finished += 1
-    # One report per worker at the end: ray.train.report is a barrier across workers,
-    # and per-model reports cost seconds each. Each finished model is already on disk
-    # (its info JSON written last), which is what a restarted job checks to skip it,
-    # and what the driver's progress bar counts.
+    finished = train_units_data_parallel(loop_config["units"], dataset, manifest, store, device,
+                                         loop_config["mia_max_per_class"])
+    # One report at the end: ray.train.report is a barrier across workers.
     ray.train.report({"finished": finished})
 
 
@@ -170,18 +166,20 @@ def train_unit_data_parallel(unit: TrainUnit, dataset: ImageDataset, manifest: S
     rank, size = world()
     recipe = Recipe.from_dict(unit.recipe)
     recording = unit.record_updates and rank == 0  # hooks see every rank's batch: one writer
-    if recording and store.updates_dir(unit.key).exists():
-        shutil.rmtree(store.updates_dir(unit.key))  # a crash mid-recording: start again
-    hooks = [UpdateRecorder(store.updates_dir(unit.key), seed=unit.seed)] if recording else []
-    data = DeviceData.from_dataset(dataset, manifest.ids(TRAIN_VIEW[unit.role]), device)
-    model = build_model(unit.model, dataset, unit.seed)
-    seconds = fit(model, data, recipe, seed=unit.seed, hooks=hooks, distributed=True).seconds
-    if unit.sparsity > 0:
-        masks = prune_model(model, unit.sparsity)  # same weights on every rank: same masks
-        seconds += fit(model, data, recipe, seed=unit.seed + 1, hooks=[MaskHook(masks)],
-                       distributed=True).seconds
-    if rank != 0:
-        return None
+    with tempfile.TemporaryDirectory(prefix="unlearn-updates-") as scratch:
+        folder = Path(scratch) / "updates"
+        hooks = [UpdateRecorder(folder, seed=unit.seed)] if recording else []
+        data = DeviceData.from_dataset(dataset, manifest.ids(TRAIN_VIEW[unit.role]), device)
+        model = build_model(unit.model, dataset, unit.seed)
+        seconds = fit(model, data, recipe, seed=unit.seed, hooks=hooks, distributed=True).seconds
+        if unit.sparsity > 0:
+            masks = prune_model(model, unit.sparsity)  # same weights on every rank: same masks
+            seconds += fit(model, data, recipe, seed=unit.seed + 1, hooks=[MaskHook(masks)],
+                           distributed=True).seconds
+        if rank != 0:
+            return None
+        if recording:
+            store.put_updates(unit.key, folder)
     return store_trained_unit(unit, model, seconds, dataset, manifest, store, device,
                               mia_max_per_class, extra={"data_parallel_workers": size})
 
@@ -194,29 +192,76 @@ def store_trained_unit(unit: TrainUnit, model, seconds: float, dataset: ImageDat
     metrics = model_metrics(per_split, mia_max_per_class=mia_max_per_class, seed=unit.seed)
     info = {**asdict(unit), "train_seconds": seconds, "metrics": metrics,
             "manifest": manifest.hash, **(extra or {})}
-    save_checkpoint(model, store.model_path(unit.key), info)
+    store.save_model(unit.key, model, info)
     table = outputs_table(per_split, method=unit.role, hparams_hash="", seed=unit.seed,
                           model_id=unit.key)
-    write_output_table(table, store.outputs, experiment=store.experiment, role=unit.role,
-                       writer_id=unit.key)
-    store.write_json(store.model_info_path(unit.key), info)
+    store.write_outputs(table, unit.role, unit.key)
+    store.write_model_info(unit.key, info)  # last: commits the model
     return info
 
 
 def run_references(config, units: list[TrainUnit], dataset: ImageDataset,
                    manifest: SplitManifest, store: ResultsStore, progress=None) -> float:
-    """Train every unit not yet done as one Ray Train job; return the job's wall time."""
+    """Train every unit not yet done; return the stage's wall time.
+
+    ``progress(n)`` is called with the number of units finished by this call so far.
+    """
+    pending = [u for u in units if not is_done(store, u)]
+    if not pending:
+        return 0.0
+    start = time.perf_counter()
+    if config.references.data_parallel:
+        _run_data_parallel(config, pending, dataset, manifest, store, progress)
+    else:
+        _run_pool(config, pending, dataset, manifest, store, progress)
+    missing = [u.key for u in units if not is_done(store, u)]
+    if missing:
+        raise RuntimeError(f"references stage finished without models {missing}")
+    return time.perf_counter() - start
+
+
+def _run_pool(config, pending: list[TrainUnit], dataset: ImageDataset,
+              manifest: SplitManifest, store: ResultsStore, progress=None) -> None:
+    """One Ray task per model; the cluster's free workers pull them in order."""
+    import ray
+
+    refs = config.references
+    use_gpu = refs.gpus_per_worker > 0
+    task = ray.remote(_reference_task).options(
+        num_cpus=refs.cpus_per_worker, num_gpus=refs.gpus_per_worker,
+        max_retries=config.max_retries,  # worker/node death: run again elsewhere
+        retry_exceptions=[OSError],  # I/O errors (object store, network) are transient
+        name="reference",
+    )
+    data_ref = ray.put((dataset, manifest))  # once through the object store
+    waiting = [task.remote(u, data_ref, store, use_gpu, refs.cpus_per_worker,
+                           config.mia_max_per_class) for u in pending]
+    finished, errors = 0, []
+    while waiting:
+        ready, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0.5,
+                                  fetch_local=False)
+        for ref in ready:
+            try:
+                ray.get(ref)
+                finished += 1
+            except Exception as err:  # retries exhausted: the others still finish
+                errors.append(err)
+        if ready and progress is not None:
+            progress(finished)
+    if errors:
+        raise RuntimeError(f"{len(errors)} reference model(s) failed after "
+                           f"{config.max_retries} retries; the others are stored and a "
+                           f"re-run trains only the missing ones. First error: {errors[0]}")
+
+
+def _run_data_parallel(config, pending: list[TrainUnit], dataset: ImageDataset,
+                       manifest: SplitManifest, store: ResultsStore, progress=None) -> None:
+    """All workers train each unit together, as one Ray Train job."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    pending = [u for u in units if not is_done(store, u)]
-    if not pending:
-        return 0.0
     refs = config.references
-    data_parallel = refs.data_parallel
-    # data-parallel: every worker trains every unit; otherwise one unit per worker at most
-    workers = refs.workers if data_parallel else min(refs.workers, len(pending))
     use_gpu = refs.gpus_per_worker > 0
     resources = {"CPU": refs.cpus_per_worker}
     if use_gpu:
@@ -228,18 +273,16 @@ def run_references(config, units: list[TrainUnit], dataset: ImageDataset,
             "store": store, "units": pending, "use_gpu": use_gpu,
             "cpus_per_worker": refs.cpus_per_worker,
             "mia_max_per_class": config.mia_max_per_class,
-            "data_parallel": data_parallel,
         },
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+        scaling_config=ScalingConfig(num_workers=refs.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=f"references-{stable_hash([u.key for u in pending], length=8)}",
-            storage_path=str(store.root / "ray"),
+            storage_path=ray_storage_path(store),
             # a failed worker restarts the job; finished units are skipped
-            failure_config=FailureConfig(max_failures=2),
+            failure_config=FailureConfig(max_failures=config.max_retries),
         ),
     )
-    start = time.perf_counter()
     error: list[BaseException] = []
 
     def target() -> None:
@@ -250,28 +293,33 @@ def run_references(config, units: list[TrainUnit], dataset: ImageDataset,
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    done_before = len(units) - len(pending)
     while thread.is_alive():
         thread.join(timeout=0.5)
         if progress is not None:
-            progress(sum(is_done(store, u) for u in units) - done_before)
+            progress(sum(is_done(store, u) for u in pending))
     if error:
         raise error[0]
-    missing = [u.key for u in units if not is_done(store, u)]
-    if missing:
-        raise RuntimeError(f"references stage finished without models {missing}")
-    return time.perf_counter() - start
+
+
+def ray_storage_path(store: ResultsStore) -> str:
+    """Where Ray Train/Tune keep their own state: this driver's temporary folder.
+
+    Our records in the store are the source of truth; Ray's run state is only for
+    Ray, and a local path keeps it off the object store and out of the results.
+    """
+    return str(Path(tempfile.gettempdir()) / "unlearn-ray" / stable_hash(store.uri, length=12))
 
 
 def reference_summary(store: ResultsStore, units: list[TrainUnit]) -> ReferenceSummary:
     """Mean reference metrics, stacked forget logits and the source's metrics."""
-    infos = {u.key: store.read_json(store.model_info_path(u.key)) for u in units}
+    infos = {u.key: store.read_model_info(u.key) for u in units}
     refs = [u for u in units if u.role == "retrain"]
     source = next(u for u in units if u.role == "source")
     mean = mean_metrics([infos[u.key]["metrics"] for u in refs])
-    table = read_outputs(store.outputs, experiment=store.experiment, role="retrain")
-    ref_keys = {u.key for u in refs}
-    table = table.filter(pc.is_in(table.column("model_id"), value_set=pa.array(sorted(ref_keys))))
+    # only the committed references' files, only the forget rows and the columns used
+    files = [store.store.path(store.outputs_rel("retrain", u.key)) for u in refs]
+    table = read_output_files(store.store.fs, files, splits=("forget",),
+                              columns=("model_id", "sample_id", "label", "logits", "split"))
     forget_logits, _, _ = logits_matrix(table, "forget")
     return ReferenceSummary(
         metrics=mean,

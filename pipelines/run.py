@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,8 +19,10 @@ import yaml
 
 from pipelines.assemble import assemble
 from pipelines.config import ExperimentConfig
+from pipelines.keys import stable_hash
+from pipelines.lock import RunLock
 from pipelines.probes import ProbeSettings, reference_probes
-from pipelines.references import make_units, reference_summary, run_references
+from pipelines.references import is_done, make_units, reference_summary, run_references
 from pipelines.store import ResultsStore
 from pipelines.sweep import (
     SweepContext,
@@ -29,11 +33,11 @@ from pipelines.sweep import (
     sweep_method,
     trial_key,
 )
-from pipelines.tracking import Tracker, absolute_tracking_uri, git_commit
+from pipelines.tracking import Tracker, absolute_tracking_uri, check_tracking_uri, git_commit
 from unlearn_core.data.datasets import load_dataset
 from unlearn_core.data.manifest import SplitOptions, make_manifest
-from unlearn_core.io import atomic_write_text
 from unlearn_core.methods import requirements
+from unlearn_core.storage import worker_env
 from unlearn_core.train.recipe import Recipe
 
 # The retrain row comes from the references: never train the gold standard twice.
@@ -64,7 +68,8 @@ class _Bar:
         self.bar.close()
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> None:
+def _init_ray(address: str | None, num_cpus: int | None,
+              worker_env: dict[str, str] | None = None) -> None:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Our own stage lines and progress bars replace Tune's tables and banners.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -77,10 +82,45 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
 
     if ray.is_initialized():
         return
+    # Workers on other nodes reach the results store as the driver does: the S3
+    # variables travel in the job's environment (never in a file).
+    runtime_env = {"env_vars": worker_env} if worker_env else None
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 runtime_env=runtime_env)
+
+
+def _default_tracking_uri(store: ResultsStore) -> str:
+    """MLflow in SQLite beside the results when they are local, else in the working folder."""
+    local = store.store.local_root
+    folder = local.parent if local is not None else Path.cwd()
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+class _TrialLog:
+    """Logs each trial to MLflow as it finishes (called from Tune's driver callback), under
+    one run per method inside the stage run; a trial already logged is not logged again."""
+
+    def __init__(self, tracker: Tracker, store: ResultsStore, stage: str, stage_id: str) -> None:
+        self.tracker, self.store, self.stage, self.stage_id = tracker, store, stage, stage_id
+        self.method_runs: dict[str, str] = {}
+
+    def method_run(self, method: str) -> str:
+        if method not in self.method_runs:
+            self.method_runs[method] = self.tracker.stage_run(
+                method, {"stage": self.stage, "method": method}, self.stage_id)
+        return self.method_runs[method]
+
+    def __call__(self, method: str, key: str) -> None:
+        record = self.store.read_trial(method, key)
+        if record is not None:
+            self.log(record)
+
+    def log(self, record: dict) -> None:
+        if record.get("status") != "lost":  # lost: not a result, nothing was stored
+            self.tracker.log_trial(record, self.method_run(record["method"]))
 
 
 def run_experiment(
@@ -95,10 +135,16 @@ def run_experiment(
     started = time.perf_counter()
     if smoke:
         config = config.smoked()
-    results = results_dir or config.results_dir
-    store = ResultsStore.create(results, config.name)
-    uri = absolute_tracking_uri(tracking_uri or config.tracking_uri, results)
+    store = ResultsStore.create(results_dir or config.results_dir, config.name)
+    uri = absolute_tracking_uri(tracking_uri or config.tracking_uri
+                                or _default_tracking_uri(store), Path.cwd())
+    check_tracking_uri(uri)  # an unreachable server fails now, not after training
+    with RunLock(store.store):
+        return _run_locked(config, store, uri, smoke, address, num_cpus, started)
 
+
+def _run_locked(config: ExperimentConfig, store: ResultsStore, uri: str, smoke: bool,
+                address: str | None, num_cpus: int | None, started: float) -> dict:
     _say(f"[prepare] {config.dataset.name}, forget {config.forget}")
     dataset = load_dataset(config.dataset.name, root=config.dataset.root,
                            download=config.dataset.download, **config.dataset.options)
@@ -106,9 +152,9 @@ def run_experiment(
     manifest = make_manifest(dataset, config.forget, split.seed, SplitOptions(
         val_fraction=split.val_fraction, test_fraction=split.test_fraction,
         retain_subset_per_class=split.retain_subset_per_class, max_train=split.max_train))
-    manifest.write(store.root)  # refuses a different split in the same folder
-    atomic_write_text(store.root / "config.yaml",
-                      yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    store.write_manifest(manifest)  # refuses a different split in the same experiment
+    config_text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    store.write_text("config.yaml", config_text)
     sizes = manifest.sizes()
     _say(f"[prepare] manifest {manifest.hash}: " + " ".join(f"{k}={v}" for k, v in
                                                             sizes.items() if v))
@@ -116,26 +162,34 @@ def run_experiment(
     tracker = Tracker(uri, config.name, {"git_commit": git_commit(),
                                          "manifest_hash": manifest.hash,
                                          "config_hash": config.config_hash()})
+    env = {} if store.store.is_local else worker_env()
+
     def ensure_ray() -> None:  # started only when there is work for it
-        _init_ray(address, num_cpus)
+        _init_ray(address, num_cpus, env)
 
     methods = [m for m in config.methods if m.name != REFERENCE_METHOD]
     record_updates = any("update_recording" in requirements(m.name) for m in methods)
     units = make_units(config, manifest.hash, record_updates)
 
-    with tracker.parent(f"run-{time.strftime('%Y%m%d-%H%M%S')}"):
+    run_key = stable_hash(config.config_hash(), store.uri)
+    with tracker.parent(f"run-{config.name}", run_key) as parent_id, \
+            tempfile.TemporaryDirectory(prefix="unlearn-artifacts-") as staging:
         tracker.log_params({"dataset": config.dataset.name, "forget": config.forget,
                             "model": config.source.model, "references": config.references.count,
-                            "replicates": config.replicates, "smoke": smoke})
-        tracker.log_artifact(store.root / "config.yaml")
-        tracker.log_artifact(store.root / "manifest.parquet")
+                            "replicates": config.replicates, "smoke": smoke,
+                            "results": store.uri})
+        (Path(staging) / "config.yaml").write_text(config_text)
+        (Path(staging) / "manifest.parquet").write_bytes(manifest.to_parquet_bytes())
+        tracker.log_artifact(Path(staging) / "config.yaml")
+        tracker.log_artifact(Path(staging) / "manifest.parquet")
 
+        to_train = sum(not is_done(store, u) for u in units)
         _say(f"[references] source + {config.references.count} retrained models "
-             f"({sum(not (store.model_info_path(u.key)).exists() for u in units)} to train)")
+             f"({to_train} to train)")
         bar = _Bar(len(units), "references")
-        bar.set(len(units) - sum(not store.model_info_path(u.key).exists() for u in units))
-        done_before = bar.bar.n
-        if any(not store.model_info_path(u.key).exists() for u in units):
+        done_before = len(units) - to_train
+        bar.set(done_before)
+        if to_train:
             ensure_ray()
         wall = run_references(config, units, dataset, manifest, store,
                               progress=lambda n: bar.set(done_before + n))
@@ -155,14 +209,14 @@ def run_experiment(
             source_forget_acc=summary.source_metrics.get("forget/acc"), salt=salt,
             device=_device(config), progress=bar.add)
         bar.close()
-        with tracker.nested("references", {"stage": "references"}):
-            storage = store.updates_dir(units[0].key)
-            tracker.log_metrics({**{f"reference/{k}": v for k, v in summary.metrics.items()},
-                                 "reference/count": len(units) - 1,
-                                 "reference/train_s_mean": summary.retrain_seconds,
-                                 "reference/stage_wall_s": wall,
-                                 **({"source/update_storage_bytes": _folder_bytes(storage)}
-                                    if storage.exists() else {})})
+        storage = store.updates_bytes(units[0].key)
+        tracker.log_metrics({**{f"reference/{k}": v for k, v in summary.metrics.items()},
+                             "reference/count": len(units) - 1,
+                             "reference/train_s_mean": summary.retrain_seconds,
+                             "reference/stage_wall_s": wall,
+                             **({"source/update_storage_bytes": storage} if storage else {})},
+                            run_id=tracker.stage_run("references", {"stage": "references"},
+                                                     parent_id))
 
         source = units[0]
         context = SweepContext(
@@ -172,27 +226,28 @@ def run_experiment(
             mia_max_per_class=config.mia_max_per_class,
             reference_keys=tuple(u.key for u in units if u.role == "retrain"),
             probes=probes, source_sparsity=config.source.sparsity,
+            max_retries=config.max_retries,
         )
         total_trials = sum(planned_trials(m) for m in methods)
         _say(f"[sweep] {len(methods)} method(s), up to {total_trials} trials, "
              f"objective {config.objective.mode} {config.objective.metric}")
         bar = _Bar(total_trials, "sweep")
         best = {}
-        with tracker.nested("sweep", {"stage": "sweep"}):
-            for method in methods:
-                device = "cuda" if method.resources.gpu > 0 else "cpu"
-                records = sweep_method(dataclasses.replace(context, device=device), method,
-                                       progress=bar.add, ensure_ray=ensure_ray)
-                best[method.name] = best_hparams(records, config.objective.mode)
-                with tracker.nested(method.name, {"stage": "sweep", "method": method.name}):
-                    for record in records:
-                        tracker.log_trial(record)
-                failed = sum(r["status"] == "failed" for r in records)
-                stopped = sum(r["status"] == "stopped" for r in records)  # by ASHA
-                _say(f"[sweep] {method.name}: {len(records)} trials"
-                     f"{f', {failed} failed' if failed else ''}"
-                     f"{f', {stopped} stopped early' if stopped else ''}; "
-                     f"best {best[method.name]}")
+        sweep_log = _TrialLog(tracker, store, "sweep",
+                              tracker.stage_run("sweep", {"stage": "sweep"}, parent_id))
+        for method in methods:
+            device = "cuda" if method.resources.gpu > 0 else "cpu"
+            records = sweep_method(dataclasses.replace(context, device=device), method,
+                                   progress=bar.add, ensure_ray=ensure_ray, on_record=sweep_log)
+            best[method.name] = best_hparams(records, config.objective.mode)
+            for record in records:  # those stored by an earlier, interrupted run
+                sweep_log.log(record)
+            labels = {"failed": "failed", "stopped": "stopped early",  # stopped: by ASHA
+                      "lost": "lost (re-run to retry)"}
+            counts = "".join(f", {n} {label}" for status, label in labels.items()
+                             if (n := sum(r["status"] == status for r in records)))
+            _say(f"[sweep] {method.name}: {len(records)} trials{counts}; "
+                 f"best {best[method.name]}")
         bar.close()
 
         jobs = [{"method": name, "hparams": hp, "seed": seed}
@@ -202,24 +257,29 @@ def run_experiment(
         bar = _Bar(len(jobs), "replicate")
         cpu = max(m.resources.cpu for m in methods) if methods else 1
         gpu = max(m.resources.gpu for m in methods) if methods else 0
-        replicate(dataclasses.replace(context, device="cuda" if gpu > 0 else "cpu"), jobs,
-                  {"cpu": cpu, "gpu": gpu}, progress=bar.add, ensure_ray=ensure_ray)
+        replicate_log = _TrialLog(tracker, store, "replicate",
+                                  tracker.stage_run("replicate", {"stage": "replicate"},
+                                                    parent_id))
+        records = replicate(dataclasses.replace(context, device="cuda" if gpu > 0 else "cpu"),
+                            jobs, {"cpu": cpu, "gpu": gpu}, progress=bar.add,
+                            ensure_ray=ensure_ray, on_record=replicate_log)
         bar.close()
-        replicate_keys = {
-            name: [trial_key(source.key, name, hp, seed, salt)
-                   for seed in range(config.replicates)]
-            for name, hp in best.items() if hp is not None
-        }
-        with tracker.nested("replicate", {"stage": "replicate"}):
-            for name, keys in replicate_keys.items():
-                with tracker.nested(name, {"stage": "replicate", "method": name}):
-                    for key in keys:
-                        tracker.log_trial(store.read_json(store.trial_path(name, key)))
+        for record in records:
+            replicate_log.log(record)
+        lost = [r["trial_key"] for r in records if r["status"] == "lost"]
+        if lost:
+            _say(f"[replicate] {len(lost)} replicate(s) lost to infrastructure failures; "
+                 "the table leaves them out (re-run to retry)")
+        replicate_keys = {name: [trial_key(source.key, name, hp, seed, salt)
+                                 for seed in range(config.replicates)]
+                          for name, hp in best.items() if hp is not None}
+        replicate_keys = {name: [k for k in keys if k not in lost]
+                          for name, keys in replicate_keys.items()}
 
         order = [m.name for m in config.methods]
         if REFERENCE_METHOD not in order:
             order.append(REFERENCE_METHOD)
-        store.write_json(store.root / "summary.json", {
+        store.write_json("summary.json", {
             "experiment": config.name, "methods": order, "replicates": replicate_keys,
             "references": [u.key for u in units if u.role == "retrain"],
             "source": source.key, "best": best, "manifest": manifest.hash,
@@ -227,20 +287,20 @@ def run_experiment(
             "config_hash": config.config_hash(),
         })
         _say("[assemble] tables and plots")
-        assembled = assemble(store.root)
-        with tracker.nested("assemble", {"stage": "assemble"}):
-            for method, row in assembled["rows"].items():
-                tracker.log_metrics({f"{method}/{k}": v for k, v in
-                                     row.get("fscore", {}).items()})
-            for path in sorted(assembled["tables"].iterdir()):
-                tracker.log_artifact(path, "tables")
-            for path in assembled["plots"]:
-                tracker.log_artifact(path, "plots")
+        assembled = assemble(store)
+        assemble_id = tracker.stage_run("assemble", {"stage": "assemble"}, parent_id)
+        tracker.log_metrics({f"{method}/{k}": v for method, row in assembled["rows"].items()
+                             for k, v in row.get("fscore", {}).items()}, run_id=assemble_id)
+        for path in sorted(Path(assembled["tables"]).iterdir()):
+            tracker.log_artifact(path, "tables", run_id=assemble_id)
+        for path in assembled["plots"]:
+            tracker.log_artifact(path, "plots", run_id=assemble_id)
+        shutil.rmtree(Path(assembled["tables"]).parent, ignore_errors=True)  # local staging
     elapsed = time.perf_counter() - started
     _say("")
     _say(assembled["markdown"])
-    _say(f"results  {store.root}")
-    _say(f"table    {assembled['tables'] / 'results.md'}")
+    _say(f"results  {store.uri}")
+    _say(f"table    {store.store.url('tables/results.md')}")
     _say(f"mlflow   {uri}   (view: mlflow ui --backend-store-uri {uri})")
     _say(f"done in {elapsed:.1f}s")
     return {"store": store, "uri": uri, "assembled": assembled, "seconds": elapsed}
@@ -253,10 +313,6 @@ def _device(config: ExperimentConfig) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def quickstart_config_path() -> Path:

@@ -40,7 +40,6 @@ from pipelines.keys import normalise_hparams, stable_hash
 from pipelines.probes import ProbeSettings, probe_model
 from pipelines.store import ResultsStore
 from pipelines.tune_space import merged_space, tune_param_space
-from unlearn_core.checkpoint import load_checkpoint
 from unlearn_core.data.manifest import SplitManifest
 from unlearn_core.data.types import ImageDataset
 from unlearn_core.methods import (
@@ -50,7 +49,7 @@ from unlearn_core.methods import (
     requirements,
 )
 from unlearn_core.methods.task import StopUnlearning, make_task
-from unlearn_core.outputs import outputs_table, split_logits, write_outputs
+from unlearn_core.outputs import outputs_table, split_logits
 from unlearn_core.search import grid_configs, sample_configs
 from unlearn_core.train.recipe import Recipe
 from unlearn_core.train.recorder import RecordedUpdates
@@ -78,6 +77,8 @@ class SweepContext:
     # model probes (distance, relearn, degree); off unless the run enables them
     probes: ProbeSettings = field(
         default_factory=lambda: ProbeSettings(distance=False, relearn=False, degree=False))
+    # Tune restarts a trial lost to infrastructure (worker/node death) this many times
+    max_retries: int = 3
 
     @property
     def trial_salt(self) -> str:
@@ -111,7 +112,7 @@ def _extras(ctx: SweepContext, device: torch.device) -> dict:
     if not ctx.reference_keys:
         return {}
     reference = build_model(ctx.source_model, ctx.dataset, seed=0)
-    load_checkpoint(reference, ctx.store.model_path(ctx.reference_keys[0]))
+    ctx.store.load_model(ctx.reference_keys[0], reference)
     return {"retrain_model": reference.to(device).eval().requires_grad_(False)}
 
 
@@ -150,11 +151,16 @@ def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
 
     ``epoch_callback(model, epoch)`` (ASHA) is called by the method after each epoch;
     if it raises ``StopUnlearning`` the trial is recorded as stopped.
+
+    Failures are sorted by kind. The method's own failure (an exception, a diverged
+    model) is a result: recorded once as failed, never retried. An infrastructure
+    failure (reading the source or the update recording, writing the outputs or the
+    record: ``OSError``) is raised, so that Tune retries the trial; nothing is
+    recorded for it. The record is written last: it commits the trial.
     """
     hparam_values = normalise_hparams(hparam_values)
     key = trial_key(ctx.source_key, method, hparam_values, seed, ctx.trial_salt)
-    path = ctx.store.trial_path(method, key)
-    stored = ctx.store.read_json(path) if path.exists() else None
+    stored = ctx.store.read_trial(method, key)
     if stored is not None and _is_done(stored, asha=epoch_callback is not None):
         return {**stored, "cached": True}
     record = {"trial_key": key, "method": method, "stage": stage, "seed": seed,
@@ -162,20 +168,25 @@ def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
               "hparams": hparam_values, "status": "ok", "error": None, "metrics": {},
               "objective": None, "seconds": None}
     device = torch.device(ctx.device)
+    # inputs first, outside the method's try: an I/O error here is infrastructure
+    source = build_model(ctx.source_model, ctx.dataset, seed=0)
+    ctx.store.load_model(ctx.source_key, source)
+    recording = None
+    if "update_recording" in requirements(method):
+        recording = RecordedUpdates(ctx.store.local_updates(ctx.source_key))
+    extras = _extras(ctx, device)
+    table = None
+    start = time.perf_counter()
+    task = None
     try:
         hp = make_hparams(method, hparam_values)
-        source = build_model(ctx.source_model, ctx.dataset, seed=0)
-        load_checkpoint(source, ctx.store.model_path(ctx.source_key))
         model = copy.deepcopy(source)  # the copy to unlearn; the task keeps the source
         source = source.to(device)
-        recording = None
-        if "update_recording" in requirements(method):
-            recording = RecordedUpdates(ctx.store.updates_dir(ctx.source_key))
         task = make_task(
             ctx.dataset, ctx.manifest, source, model_name=ctx.source_model,
             train_recipe=Recipe.from_dict(ctx.source_recipe), seed=seed, device=device,
             zero_glance=is_zero_glance(method), update_recording=recording,
-            extras=_extras(ctx, device),
+            extras=extras,
         )
         task.epoch_callback = epoch_callback
         torch.manual_seed(seed)
@@ -201,18 +212,18 @@ def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
         record["objective"] = metrics.get(ctx.objective_metric)
         table = outputs_table(per_split, method=method,
                               hparams_hash=stable_hash(hparam_values), seed=seed, model_id=key)
-        write_outputs(table, ctx.store.outputs, experiment=ctx.store.experiment,
-                      role="unlearned", writer_id=key)
     except StopUnlearning as stop:  # an epoch callback ended the method early
         _mark_stopped(record, stop.epoch, stop.metrics, stop.reason,
                       time.perf_counter() - start - task.callback_seconds, ctx)
-    except Exception as err:  # recorded, never fatal to the sweep
+    except Exception as err:  # the method's own failure: a result, never fatal to the sweep
         record["status"] = "failed"
         record["error"] = f"{type(err).__name__}: {err}"
         record["traceback"] = traceback.format_exc(limit=5)
     if record["objective"] is None or not math.isfinite(record["objective"]):
         record["objective"] = _worst(ctx.objective_mode)
-    ctx.store.write_json(path, record)  # last: the record marks the trial done
+    if table is not None:
+        ctx.store.write_outputs(table, "unlearned", key)
+    ctx.store.write_trial(record)  # last: the record commits the trial
     return record
 
 
@@ -236,11 +247,13 @@ def _trainable(config: dict, ctx: SweepContext) -> None:
 
 
 def _run_tuner(ctx: SweepContext, param_space: dict, num_samples: int, search_alg,
-               resources: dict, name: str, progress, scheduler=None) -> None:
+               resources: dict, name: str, progress, scheduler=None, on_record=None) -> None:
     from ray import tune
 
-    callbacks = [_progress_callback(progress)] if progress else []
-    if scheduler is not None:  # it may stop trials: record them (before progress counts)
+    from pipelines.references import ray_storage_path
+
+    callbacks = [_record_callback(progress, on_record)]
+    if scheduler is not None:  # it may stop trials: record them (before they are counted)
         from pipelines.asha import stopped_trial_recorder
 
         callbacks.insert(0, stopped_trial_recorder(ctx))
@@ -250,8 +263,12 @@ def _run_tuner(ctx: SweepContext, param_space: dict, num_samples: int, search_al
         tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg,
                                     scheduler=scheduler, metric="objective",
                                     mode=ctx.objective_mode, reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=str(ctx.store.root / "ray"),
-                                  verbose=0, callbacks=callbacks),
+        run_config=tune.RunConfig(
+            name=name, storage_path=ray_storage_path(ctx.store), verbose=0,
+            callbacks=callbacks,
+            # a trial lost with its worker or node (or to an I/O error) runs again; a
+            # method's own failure never raises (run_trial records it), so is not retried
+            failure_config=tune.FailureConfig(max_failures=ctx.max_retries)),
     )
     tuner.fit()
 
@@ -261,19 +278,37 @@ def _job_key(ctx: SweepContext, job: dict) -> str:
 
 
 def run_jobs(ctx: SweepContext, jobs: list[dict], resources: dict, name: str,
-             progress=None, ensure_ray=None, scheduler=None) -> None:
-    """Run explicit jobs as one Tune run (a grid over the jobs not yet stored)."""
+             progress=None, ensure_ray=None, scheduler=None, on_record=None) -> list[dict]:
+    """Run explicit jobs as one Tune run (a grid over the jobs not yet stored); return
+    every job's record, in order (``lost_record`` for one whose retries ran out)."""
     from ray import tune
 
     pending = [j for j in jobs if not _job_done(ctx, j)]
     if progress:
         progress(len(jobs) - len(pending))
-    if not pending:
-        return  # nothing to do: no Ray work at all
-    if ensure_ray:
-        ensure_ray()
-    _run_tuner(ctx, {"__job": tune.grid_search(pending)}, 1, None, resources,
-               f"{name}-{stable_hash(pending, length=8)}", progress, scheduler)
+    if pending:
+        if ensure_ray:
+            ensure_ray()
+        _run_tuner(ctx, {"__job": tune.grid_search(pending)}, 1, None, resources,
+                   f"{name}-{stable_hash(pending, length=8)}", progress, scheduler, on_record)
+    return job_records(ctx, jobs)
+
+
+def job_records(ctx: SweepContext, jobs: list[dict]) -> list[dict]:
+    """Each job's stored record, or its ``lost_record`` when it has none: the driver
+    never fails on a missing record."""
+    return [ctx.store.read_trial(j["method"], _job_key(ctx, j)) or lost_record(ctx, j)
+            for j in jobs]
+
+
+def lost_record(ctx: SweepContext, job: dict) -> dict:
+    """An in-memory record (never stored) for a job whose every try was lost to
+    infrastructure: it is not a result, so a re-run tries it again."""
+    return {"trial_key": _job_key(ctx, job), "method": job["method"], "stage": job["stage"],
+            "seed": job["seed"], "sweep_key": job.get("sweep_key"),
+            "hparams": normalise_hparams(job["hparams"]), "status": "lost",
+            "error": f"lost to infrastructure failures after {ctx.max_retries} retries",
+            "metrics": {}, "objective": _worst(ctx.objective_mode), "seconds": None}
 
 
 def planned_trials(method_cfg) -> int:
@@ -285,7 +320,7 @@ def planned_trials(method_cfg) -> int:
 
 
 def sweep_method(ctx: SweepContext, method_cfg, seed: int = 0, progress=None,
-                 ensure_ray=None) -> list[dict]:
+                 ensure_ray=None, on_record=None) -> list[dict]:
     """Tune one method; return the records of this sweep's trials.
 
     Random and grid configs are drawn on the driver (seeded), so the trial set
@@ -314,7 +349,7 @@ def sweep_method(ctx: SweepContext, method_cfg, seed: int = 0, progress=None,
                            "__fixed": fixed, "__seed": seed, "__sweep_key": sweep_key}
             _run_tuner(ctx, param_space, method_cfg.trials,
                        OptunaSearch(metric="objective", mode=ctx.objective_mode, seed=seed),
-                       resources, f"{name}-{sweep_key}", progress)
+                       resources, f"{name}-{sweep_key}", progress, on_record=on_record)
         return [r for r in ctx.store.trials(method_cfg.name) if r.get("sweep_key") == sweep_key]
     if not space:
         configs = [{}]
@@ -330,9 +365,7 @@ def sweep_method(ctx: SweepContext, method_cfg, seed: int = 0, progress=None,
         from pipelines.asha import asha_scheduler
 
         scheduler = asha_scheduler(ctx, method_cfg, jobs)
-    run_jobs(ctx, jobs, resources, name, progress, ensure_ray, scheduler)
-    return [ctx.store.read_json(ctx.store.trial_path(j["method"], _job_key(ctx, j)))
-            for j in jobs]
+    return run_jobs(ctx, jobs, resources, name, progress, ensure_ray, scheduler, on_record)
 
 
 def best_hparams(records: list[dict], mode: str) -> dict | None:
@@ -346,24 +379,39 @@ def best_hparams(records: list[dict], mode: str) -> dict | None:
 
 
 def replicate(ctx: SweepContext, jobs: list[dict], resources: dict, progress=None,
-              ensure_ray=None) -> None:
-    """Run the replicates: (method, hparams, seed) jobs as one Tune run."""
-    run_jobs(ctx, [{**j, "stage": "replicate"} for j in jobs], resources, "replicate",
-             progress, ensure_ray)
+              ensure_ray=None, on_record=None) -> list[dict]:
+    """Run the replicates: (method, hparams, seed) jobs as one Tune run; their records."""
+    return run_jobs(ctx, [{**j, "stage": "replicate"} for j in jobs], resources, "replicate",
+                    progress, ensure_ray, on_record=on_record)
 
 
-def _progress_callback(progress):
-    """A Tune callback (runs in the driver) advancing a progress bar as trials end."""
+def trial_identity(trial) -> tuple[str | None, str | None]:
+    """(method, trial key) of a Tune trial, from its config and last report."""
+    config = trial.config or {}
+    job = config.get("__job") or {}
+    method = job.get("method") or config.get("__method")
+    return method, (trial.last_result or {}).get("trial_key")
+
+
+def _record_callback(progress, on_record):
+    """A Tune callback (runs in the driver) as each trial ends: advance the progress bar
+    and hand the stored record to ``on_record(method, key)`` (MLflow logs it then, not
+    at the end of the sweep). A trial that errored has been retried by Tune already."""
     from ray.tune import Callback
 
-    class ProgressCallback(Callback):
+    class RecordCallback(Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
-            progress(1)
+            method, key = trial_identity(trial)
+            if on_record is not None and method and key:
+                on_record(method, key)
+            if progress:
+                progress(1)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            progress(1)
+            if progress:
+                progress(1)
 
-    return ProgressCallback()
+    return RecordCallback()
 
 
 # ------------------------------------------- stopped trials (search: asha; see asha.py)
@@ -374,8 +422,8 @@ def _is_done(record: dict, asha: bool) -> bool:
 
 
 def _job_done(ctx: SweepContext, job: dict) -> bool:
-    path = ctx.store.trial_path(job["method"], _job_key(ctx, job))
-    return path.exists() and _is_done(ctx.store.read_json(path), bool(job.get("asha")))
+    record = ctx.store.read_trial(job["method"], _job_key(ctx, job))
+    return record is not None and _is_done(record, bool(job.get("asha")))
 
 
 def _mark_stopped(record: dict, epoch: int, metrics: dict, reason: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import random
 from pathlib import Path
 
@@ -162,11 +163,9 @@ def sweep_ctx(tmp_path, trained):
     from pipelines.evaluate import ReferenceSummary
     from pipelines.store import ResultsStore
     from pipelines.sweep import SweepContext
-    from unlearn_core.checkpoint import save_checkpoint
-
     ds, manifest, recipe, source, _ = trained
     store = ResultsStore.create(tmp_path, "t")
-    save_checkpoint(source, store.model_path("src"))
+    store.save_model("src", source, {})
     references = ReferenceSummary(
         metrics={"ua": 1.0, "mia/efficacy": 0.9, "retain/acc": 1.0, "test/acc": 0.95,
                  **{f"mia/{a}/efficacy": 0.8 for a in
@@ -202,8 +201,9 @@ def test_stopped_trial_recorded_once_and_rerun_only_outside_asha(sweep_ctx):
     assert record["objective"] == record["metrics"]["disparity/avg"]
     assert record["seconds"] is not None and record["seconds"] >= 0
     files = list((ctx.store.root / "trials" / "finetune").glob("*.json"))
-    assert len(files) == 1 and ctx.store.read_json(files[0]) == record
-    assert not ctx.store.outputs.exists() or not list(ctx.store.outputs.rglob("*.parquet"))
+    assert len(files) == 1 and json.loads(files[0].read_text()) == record
+    outputs = ctx.store.root / "outputs"
+    assert not outputs.exists() or not list(outputs.rglob("*.parquet"))
 
     job = {"method": "finetune", "hparams": hp, "seed": 0}
     assert _job_done(ctx, {**job, "asha": True}) and not _job_done(ctx, job)
@@ -214,7 +214,7 @@ def test_stopped_trial_recorded_once_and_rerun_only_outside_asha(sweep_ctx):
     assert full["status"] == "ok" and "cached" not in full and "epochs_run" not in full
     assert [p.name for p in (ctx.store.root / "trials" / "finetune").glob("*.json")] == \
         [files[0].name]
-    assert ctx.store.read_json(files[0])["status"] == "ok"
+    assert json.loads(files[0].read_text())["status"] == "ok"
     assert run_trial(ctx, "finetune", hp, 0, "sweep", "k", epoch_callback=stop_at_2)["cached"]
 
 
@@ -316,7 +316,7 @@ def test_asha_sweep_stops_trials_early_and_records_each_once(tmp_path):
                          results_dir=str(results), num_cpus=2)
     root: Path = out["store"].root
     files = sorted((root / "trials" / "finetune").glob("*.json"))
-    records = [out["store"].read_json(p) for p in files]
+    records = [json.loads(p.read_text()) for p in files]
     sweep = [r for r in records if r["stage"] == "sweep"]
     assert len(sweep) == 4 and len({r["trial_key"] for r in sweep}) == 4
     assert len({r["hparams"]["lr"] for r in sweep}) == 4
@@ -327,7 +327,7 @@ def test_asha_sweep_stops_trials_early_and_records_each_once(tmp_path):
     for r in stopped:
         assert 1 <= r["epochs_run"] < 4 and r["stopped_by"] == "asha"
         assert "disparity/avg" in r["metrics"] and r["objective"] == r["metrics"]["disparity/avg"]
-    summary = out["store"].read_json(root / "summary.json")
+    summary = out["store"].read_json("summary.json")
     assert summary["best"]["finetune"]["lr"] in {r["hparams"]["lr"] for r in finished}
 
     before = {p.name: p.stat().st_mtime_ns for p in files}

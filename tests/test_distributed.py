@@ -161,7 +161,6 @@ def test_references_stage_data_parallel_with_ray(tmp_path):
     from pipelines.references import is_done, make_units, run_references
     from pipelines.run import _init_ray
     from pipelines.store import ResultsStore
-    from unlearn_core.checkpoint import load_checkpoint
     from unlearn_core.data.datasets import load_dataset
     from unlearn_core.data.manifest import SplitOptions, make_manifest
     from unlearn_core.outputs import read_outputs
@@ -192,20 +191,20 @@ def test_references_stage_data_parallel_with_ray(tmp_path):
     finally:
         ray.shutdown()
 
-    outputs = read_outputs(store.outputs)
+    outputs = read_outputs(store.root / "outputs")
     model_ids = outputs.column("model_id").to_pylist()
     sample_ids = outputs.column("sample_id").to_pylist()
     pairs = list(zip(model_ids, sample_ids, strict=True))
     assert len(pairs) == len(set(pairs)), "a (model, sample) row was stored twice"
     assert sorted(set(model_ids)) == sorted(u.key for u in units)
-    files = sorted(p.stem for p in store.outputs.rglob("*.parquet"))
+    files = sorted(p.stem for p in (store.root / "outputs").rglob("*.parquet"))
     assert files == sorted(u.key for u in units), "one output file per unit"
     for unit in units:
-        info = store.read_json(store.model_info_path(unit.key))
+        info = store.read_model_info(unit.key)
         assert info["key"] == unit.key and info["data_parallel_workers"] == 2
         assert model_ids.count(unit.key) == len(sample_ids) // len(units)
         model = build_model(unit.model, dataset, 0)
-        meta = load_checkpoint(model, store.model_path(unit.key))
+        meta = store.load_model(unit.key, model)
         assert meta["key"] == unit.key
 
     # the data-parallel source equals the same model trained in one process
@@ -215,10 +214,10 @@ def test_references_stage_data_parallel_with_ray(tmp_path):
     single = train_model(dataset, manifest, source.model, Recipe.from_dict(source.recipe),
                          role="source", seed=source.seed).model
     parallel = build_model(source.model, dataset, 0)
-    load_checkpoint(parallel, store.model_path(source.key))
+    store.load_model(source.key, parallel)
     for key, value in single.state_dict().items():
         torch.testing.assert_close(parallel.state_dict()[key], value, atol=1e-5, rtol=1e-5)
     # the update recording (rank 0 only) saw every global batch: each train id once per epoch
-    recorded = RecordedUpdates(store.updates_dir(source.key))
+    recorded = RecordedUpdates(store.local_updates(source.key))
     seen = np.sort(np.concatenate(recorded.batch_ids))
     assert np.array_equal(seen, np.sort(np.tile(manifest.ids("train"), 2)))

@@ -49,8 +49,6 @@ def snapshot(root: Path) -> dict[str, float]:
 
 
 def test_smoke_run_then_rerun_trains_nothing(tmp_path, capsys):
-    import mlflow
-
     from pipelines.config import load_config
     from pipelines.run import run_experiment
 
@@ -73,6 +71,10 @@ def test_smoke_run_then_rerun_trains_nothing(tmp_path, capsys):
     assert roles == {"source", "retrain", "unlearned"}
     assert outputs.schema.field("logits").type.list_size == 10
 
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs_before = len(mlflow.search_runs(experiment_names=["pipe"], output_format="list"))
     before = snapshot(root)
     start = time.perf_counter()
     second = run_experiment(config, tracking_uri=uri, results_dir=str(tmp_path / "results"),
@@ -82,16 +84,18 @@ def test_smoke_run_then_rerun_trains_nothing(tmp_path, capsys):
     assert second["seconds"] < first["seconds"]
     print(f"first {first['seconds']:.1f}s, re-run {time.perf_counter() - start:.1f}s")
 
-    mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["pipe"], output_format="list")
+    assert len(runs) == runs_before, "a re-run with no new work must add no MLflow run"
     by_id = {r.info.run_id: r for r in runs}
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 2  # one per `unlearn run`
+    assert len(parents) == 1  # the re-run resumes the experiment's parent run
     stages = {r.info.run_name for r in runs
               if by_id.get(r.data.tags.get("mlflow.parentRunId")) in parents}
     assert {"references", "sweep", "replicate", "assemble"} <= stages
     trials = [r for r in runs if r.data.tags.get("trial_key")]
     assert {r.data.tags["stage"] for r in trials} == {"sweep", "replicate"}
+    assert len(trials) == len({(r.data.tags["stage"], r.data.tags["trial_key"])
+                               for r in trials}), "a trial was logged twice"
     assert all(r.data.tags["git_commit"] and r.data.tags["manifest_hash"] for r in trials)
     finetune = next(r for r in trials if r.data.tags["method"] == "finetune")
     assert "lr" in finetune.data.params and "forget/acc" in finetune.data.metrics

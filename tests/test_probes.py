@@ -12,7 +12,6 @@ from pipelines.probes import ProbeSettings, probe_model, reference_probes
 from pipelines.store import ResultsStore
 from pipelines.sweep import probe_salt, trial_key
 from tests.conftest import make_dataset
-from unlearn_core.checkpoint import save_checkpoint
 from unlearn_core.data.manifest import make_manifest
 from unlearn_core.errors import UserInputError
 from unlearn_core.train import DeviceData, Recipe, fit
@@ -70,8 +69,8 @@ def test_prediction_distribution_against_reference(setup):
 def test_reference_probes_are_cached(setup, tmp_path):
     ds, manifest, source, retrained = setup
     store = ResultsStore.create(tmp_path, "exp")
-    save_checkpoint(source, store.model_path("source-a"), {})
-    save_checkpoint(retrained, store.model_path("retrain-b"), {})
+    store.save_model("source-a", source, {})
+    store.save_model("retrain-b", retrained, {})
     settings = ProbeSettings(relearn_cap=5)
     kwargs = dict(recipe=RECIPE, source_forget_acc=1.0, salt=probe_salt(settings))
     first = reference_probes(store, "source-a", ["retrain-b"], "mlp", ds, manifest, settings,

@@ -59,3 +59,56 @@ def recorded_source(folder, epochs: int):
     fit(source, DeviceData.from_dataset(ds, manifest.ids("train")), recipe, seed=0,
         hooks=[UpdateRecorder(folder)])
     return ds, manifest, recipe, source, RecordedUpdates(folder)
+
+
+# ---------------------------------------------------------------------------- real services
+# A SeaweedFS S3 server and a multi-node Ray cluster on 127.0.0.1 (tests/services.py).
+
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+from tests.services import RayCluster, S3Server, start_seaweedfs  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    """A SeaweedFS S3 server for the whole session (stopped by PID at the end)."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch) -> str:
+    """This test's process reaches ``s3_server`` through the standard AWS_* variables;
+    returns a fresh bucket name (not created: ``Store.at`` creates it)."""
+    for name in ("AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3",
+                 "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_server: S3Server, tmp_path_factory) -> Iterator[RayCluster]:
+    """A Ray head (no CPUs) and 2 worker nodes (1 CPU each), separate ``ray start``
+    processes on 127.0.0.1, for the module. The worker nodes carry ``s3_server``'s
+    credentials and share no disk with the driver under pytest's base temp folder (every
+    ``tmp_path`` is an empty tmpfs to them). No driver: see ``ray_driver``."""
+    cluster = RayCluster.start(num_workers=2, worker_env=s3_server.env(),
+                               isolate_path=tmp_path_factory.getbasetemp())
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_driver(ray_cluster: RayCluster) -> Iterator[RayCluster]:
+    """This process connected to ``ray_cluster`` as its driver (``ray.shutdown()`` after
+    the module); yields the cluster."""
+    with ray_cluster.connect():
+        yield ray_cluster

@@ -3,7 +3,10 @@
 Times ``forget_quality`` (vectorised) on N models x n examples of synthetic
 logit-scaled confidences, and the per-example reference port of the released
 code on a subset of examples (extrapolated to all n), then checks both give
-the same eps on that subset.
+the same eps on that subset. Then compares ``per_example_epsilons`` (batched
+across examples) with the previous one-example-at-a-time path
+(``_per_example_epsilons_loop``) at N = 32 and N = 256 on 5 000 examples and
+at the main size, and checks they agree bit for bit (``--no-compare`` skips).
 
     python scripts/bench_fscore.py                    # 512 x 10 000, ref on 200
     python scripts/bench_fscore.py --models 32 --examples 2000 --ref-examples 100
@@ -26,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from unlearn_core.metrics.fscore import (  # noqa: E402
     _per_example_epsilon_reference,
+    _per_example_epsilons_loop,
     epsilon_scores,
     forget_quality,
     per_example_epsilons,
@@ -57,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--shift", type=float, default=0.2, help="unlearned mean shift, in sigmas")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--no-compare", action="store_true", help="skip the batched vs per-example comparison"
+    )
     args = ap.parse_args(argv)
 
     u, r = make_confs(args.models, args.examples, args.shift, args.seed)
@@ -99,7 +106,40 @@ def main(argv: list[str] | None = None) -> int:
         if diff > 1e-9:
             print("MISMATCH between vectorised and reference eps")
             return 1
+    if not args.no_compare:
+        sizes = [(32, 5_000), (256, 5_000), (args.models, args.examples)]
+        for n_models, n_examples in dict.fromkeys(sizes):
+            if not compare_paths(n_models, n_examples, args.shift, args.seed):
+                return 1
     return 0
+
+
+def compare_paths(n_models: int, n_examples: int, shift: float, seed: int) -> bool:
+    """Time the batched path against the per-example loop (best of 2 each, wall and
+    CPU); True when they agree bit for bit."""
+    u, r = make_confs(n_models, n_examples, shift, seed)
+    per_example_epsilons(u[:, :4], r[:, :4])
+    times: dict[str, tuple[float, float]] = {}
+    out = {}
+    for name, fn in (
+        ("per-example", _per_example_epsilons_loop),
+        ("batched", per_example_epsilons),
+    ):
+        best = (np.inf, np.inf)
+        for _ in range(2):
+            t0, c0 = time.perf_counter(), time.process_time()
+            out[name] = fn(u, r)
+            best = min(best, (time.perf_counter() - t0, time.process_time() - c0))
+        times[name] = best
+    same = np.array_equal(out["per-example"], out["batched"])
+    (w_old, c_old), (w_new, c_new) = times["per-example"], times["batched"]
+    print(
+        f"per_example_epsilons N={n_models} n={n_examples}: per-example wall {w_old:.2f} s "
+        f"cpu {c_old:.2f} s | batched wall {w_new:.2f} s cpu {c_new:.2f} s | "
+        f"speed-up wall {w_old / w_new:.2f}x cpu {c_old / c_new:.2f}x | "
+        f"identical: {same}"
+    )
+    return same
 
 
 if __name__ == "__main__":

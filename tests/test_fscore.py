@@ -17,7 +17,9 @@ from unlearn_core.metrics.fscore import (
     DELTA,
     EPSILON_CAP,
     _DoubleRule,
+    _grid_count,
     _per_example_epsilon_reference,
+    _per_example_epsilons_loop,
     bin_edges,
     epsilon_scores,
     final_score,
@@ -133,6 +135,101 @@ def test_left_thresholds_bit_identical_to_linspace():
             [np.linspace(t - width - 2.0, t - width + 2.0, num=400) for t in grid.right]
         )
         assert np.array_equal(grid.left(jj, kk), ref)
+
+
+def _batched_vs_loop_cases(n_models: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """~1 000 examples mixing regimes: Gaussian, shifted, scaled, rounded (ties),
+    constant sets, near-peaky sets, duplicated values and bootstrap-like resamples."""
+    rng = np.random.default_rng(seed)
+    n = n_models
+    blocks_u, blocks_r = [], []
+
+    def add(u: np.ndarray, r: np.ndarray) -> None:
+        blocks_u.append(u)
+        blocks_r.append(r)
+
+    mu = rng.normal(0, 3, 300)
+    sig = rng.lognormal(0, 0.7, 300)
+    add(rng.normal(mu + 0.3 * sig, sig, (n, 300)), rng.normal(mu, sig, (n, 300)))
+    add(rng.normal(0.5, 0.3, (n, 100)), rng.normal(0, 2.0, (n, 100)))  # narrow vs wide
+    add(np.round(rng.normal(0.2, 1, (n, 100)), 1), np.round(rng.normal(0, 1, (n, 100)), 1))
+    add(np.round(rng.normal(0, 2, (n, 50))), np.round(rng.normal(0, 2, (n, 50))))
+    c = np.round(rng.normal(0, 1, (1, 40)), 1)
+    add(np.repeat(c, n, 0), np.round(rng.normal(0, 1, (n, 40)), 1))  # one constant set
+    add(np.repeat(c, n, 0), np.repeat(c + (np.arange(40) % 2), n, 0))  # both constant
+    base = rng.normal(0, 1, (n, 40))
+    ratio = rng.choice([0.005, 0.0099, 0.01, 0.0101, 0.02, 0.05], 40)
+    add(base * ratio + 0.3, rng.normal(0, 1, (n, 40)))  # around the peakiness cut
+    add(base, base.copy())  # identical sets
+    add(base + rng.normal(0, 1e-3, (n, 40)), base)  # nearly identical
+    add(base + 10.0, base)  # separated
+    # Bootstrap replicates: models resampled with replacement (many duplicates).
+    u0, r0 = rng.normal(0.3, 1, (n, 100)), rng.normal(0, 1, (n, 100))
+    for _ in range(2):
+        add(u0[rng.integers(0, n, n)], r0[rng.integers(0, n, n)])
+    # Values lying exactly on grid points: min(P) + w - 2 + j / 100 etc.
+    grid = np.round(rng.normal(0, 1, (n, 60)) * 4) / 4
+    add(grid, np.round(rng.normal(0.25, 1, (n, 60)) * 4) / 4)
+    return np.concatenate(blocks_u, axis=1), np.concatenate(blocks_r, axis=1)
+
+
+@pytest.mark.parametrize("n_models", [2, 5, 32, 100])
+def test_batched_identical_to_per_example_loop(n_models):
+    # The batched path must give the very same floats as the per-example one (both
+    # take the max over the same table entries), whatever the batch boundaries.
+    u, r = _batched_vs_loop_cases(n_models, seed=n_models)
+    assert u.shape[1] >= 1000
+    loop = _per_example_epsilons_loop(u, r)
+    assert np.array_equal(per_example_epsilons(u, r), loop)
+    # Other batch and bucket sizes (a batch of 7 splits the regimes across batches).
+    for batch, buckets in ((7, 64), (1000, 4096)):
+        old = fs._BATCH, fs._BUCKETS
+        fs._BATCH, fs._BUCKETS = batch, buckets
+        try:
+            assert np.array_equal(per_example_epsilons(u[:, :400], r[:, :400]), loop[:400])
+        finally:
+            fs._BATCH, fs._BUCKETS = old
+
+
+def test_batched_matches_reference_on_hard_cases():
+    u, r = _batched_vs_loop_cases(5, seed=99)
+    pick = np.random.default_rng(0).choice(u.shape[1], 60, replace=False)
+    assert_matches_reference(u[:, pick], r[:, pick])
+
+
+def test_grid_count_equals_searchsorted_on_linspace():
+    # _grid_count must count np.linspace's own values exactly, data on grid points too.
+    rng = np.random.default_rng(1)
+    rows = 300
+    start = rng.normal(0, 5, rows)
+    span = rng.choice([0.0, 0.005, 0.01, 0.015, 1.0, 3.999999, 4.0, 17.3], rows)
+    stop = start + span
+    num = np.maximum(np.ceil(span * 100).astype(np.int64), 1)
+    x = rng.uniform(-1, 1, (rows, 50)) * (span[:, None] + 0.1) + start[:, None]
+    for i in range(rows):  # also exactly on grid values and the ends
+        g = np.linspace(start[i], stop[i], int(num[i]))
+        x[i, :10] = rng.choice(g, 10)
+        x[i, 10], x[i, 11] = start[i], stop[i]
+    for strict in (False, True):
+        got = _grid_count(start, stop, num, x, strict=strict)
+        for i in range(rows):
+            g = np.linspace(start[i], stop[i], int(num[i]))
+            side = "left" if strict else "right"
+            assert np.array_equal(got[i], np.searchsorted(g, x[i], side=side)), i
+
+
+def test_bootstrap_unchanged_by_batching():
+    rng = np.random.default_rng(15)
+    u = rng.normal(0.2, 1, (12, 80))
+    r = rng.normal(0, 1, (12, 80))
+    got = forget_quality_bootstrap(u, r, n_boot=6, seed=3)
+    rng_b = np.random.default_rng(3)
+    reps = []
+    for _ in range(6):
+        iu, ir = rng_b.integers(0, 12, 12), rng_b.integers(0, 12, 12)
+        eps = _per_example_epsilons_loop(u[iu], r[ir])
+        reps.append(epsilon_scores(eps, 12).mean())
+    assert got == tuple(float(q) for q in np.quantile(reps, [0.025, 0.975]))
 
 
 # --------------------------------------------------------------------------

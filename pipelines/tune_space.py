@@ -7,24 +7,24 @@ from typing import Any
 from ray import tune
 
 from unlearn_core.errors import UserInputError
-from unlearn_core.search import Choice, Domain, IntUniform, LogUniform, SearchSpace, Uniform
+from unlearn_core.search import (
+    Choice,
+    Domain,
+    IntUniform,
+    LogUniform,
+    SearchSpace,
+    Uniform,
+    domain_from_spec,
+)
 
 
 def domain_from_config(key: str, spec: dict[str, Any]) -> Domain:
-    """A config override such as ``{"loguniform": [1e-4, 1e-1]}`` -> neutral domain."""
-    (kind, args), = spec.items()
+    """A config override such as ``{"loguniform": [1e-4, 1e-1]}`` -> neutral domain
+    (``unlearn_core.search.domain_from_spec``; the config loader has checked it already)."""
     try:
-        if kind == "uniform":
-            return Uniform(float(args[0]), float(args[1]))
-        if kind == "loguniform":
-            return LogUniform(float(args[0]), float(args[1]))
-        if kind == "randint":
-            return IntUniform(int(args[0]), int(args[1]))
-        if kind == "choice":
-            return Choice(tuple(args))
-    except (TypeError, ValueError, IndexError) as err:
-        raise UserInputError(f"space.{key}: bad {kind} arguments {args!r}: {err}") from None
-    raise UserInputError(f"space.{key}: unknown domain {kind!r}")
+        return domain_from_spec(spec)
+    except ValueError as err:
+        raise UserInputError(f"space.{key}: {err}") from None
 
 
 def to_tune(domain: Domain, grid: bool = False, grid_points: int = 3):

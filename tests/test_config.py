@@ -35,11 +35,12 @@ def test_quickstart_configs_parse():
     ({"methods": [{"name": "finetune", "trials": 0}]}, "methods.0.trials", "greater"),
     ({"methods": [{"name": "nope"}]}, "methods.0.name", "accepted"),
     ({"methods": [{"name": "finetune", "search": "bayes"}]}, "methods.0.search", "random"),
-    ({"methods": [{"name": "finetune", "fixed": {"lrr": 1}}]}, "methods.0", "lrr"),
-    ({"methods": [{"name": "finetune", "space": {"foo": {"uniform": [0, 1]}}}]}, "methods.0",
-     "foo"),
-    ({"methods": [{"name": "finetune", "space": {"lr": {"normal": [0, 1]}}}]}, "methods.0",
-     "loguniform"),
+    ({"methods": [{"name": "finetune", "fixed": {"lrr": 1}}]}, "methods.0.fixed.lrr",
+     "unknown hparam of finetune; accepted: .*'lr'"),
+    ({"methods": [{"name": "finetune", "space": {"foo": {"uniform": [0, 1]}}}]},
+     "methods.0.space.foo", "unknown hparam"),
+    ({"methods": [{"name": "finetune", "space": {"lr": {"normal": [0, 1]}}}]},
+     "methods.0.space.lr", "loguniform"),
     ({"methods": [{"name": "finetune"}, {"name": "finetune"}]}, "(top level)",
      "more than once"),
     ({"methods": []}, "methods", "at least 1"),
@@ -95,3 +96,130 @@ def test_search_space_conversion():
         1e-3, 1e-1).grid(3)}
     with pytest.raises(UserInputError):
         domain_from_config("lr", {"uniform": ["x"]})
+
+
+# ---------------------------------------------------------------- hparams refused at load
+
+def method(**entry) -> dict:
+    return {**base(), "methods": [{"name": "finetune", **entry}]}
+
+
+@pytest.mark.parametrize("entry,path,message", [
+    # a negative learning rate would be gradient ascent: refused, with the range
+    ({"fixed": {"lr": -1}}, "methods.0.fixed.lr", r"finetune\.lr: expected a number > 0, got -1"),
+    ({"fixed": {"epochs": 0}}, "methods.0.fixed.epochs", r"an integer >= 1, got 0"),
+    ({"fixed": {"epochs": 2.5}}, "methods.0.fixed.epochs", r"an integer >= 1, got 2\.5"),
+    ({"fixed": {"epochs": True}}, "methods.0.fixed.epochs", r"an integer >= 1, got True"),
+    ({"fixed": {"lr": "fast"}}, "methods.0.fixed.lr", r"a number > 0, got 'fast'"),
+    ({"fixed": {"lr": float("nan")}}, "methods.0.fixed.lr", r"a number > 0, got nan"),
+    ({"space": {"lr": {"loguniform": [0.1]}}}, "methods.0.space.lr",
+     r"loguniform takes 2 values \[low, high\], got 1"),
+    ({"space": {"lr": {"uniform": [0.1, 0.2, 0.3]}}}, "methods.0.space.lr", r"takes 2 values"),
+    ({"space": {"lr": {"loguniform": 0.1}}}, "methods.0.space.lr", r"takes 2 values"),
+    ({"space": {"lr": {"loguniform": [0, 1]}}}, "methods.0.space.lr", r"low > 0 \(log of"),
+    ({"space": {"lr": {"loguniform": [-1, 1]}}}, "methods.0.space.lr", r"low > 0"),
+    ({"space": {"lr": {"uniform": [1, 0.1]}}}, "methods.0.space.lr", r"low < high, got \[1, 0.1\]"),
+    ({"space": {"lr": {"uniform": [0.1, 0.1]}}}, "methods.0.space.lr", r"low < high"),
+    ({"space": {"lr": {"uniform": ["a", 1]}}}, "methods.0.space.lr", r"must be numbers"),
+    ({"space": {"epochs": {"randint": [5, 1]}}}, "methods.0.space.epochs", r"low <= high"),
+    ({"space": {"epochs": {"randint": [1, 2.5]}}}, "methods.0.space.epochs", r"integers"),
+    ({"space": {"epochs": {"choice": []}}}, "methods.0.space.epochs", r"non-empty list"),
+    ({"space": {"lr": {"uniform": [0.1, 0.2], "choice": [1]}}}, "methods.0.space.lr",
+     r"expected one of"),
+    # well-formed domains that reach outside the field's range
+    ({"space": {"lr": {"uniform": [-0.1, 0.1]}}}, "methods.0.space.lr",
+     r"uniform \[-0.1, 0.1\] reaches outside .*a number > 0"),
+    ({"space": {"lr": {"uniform": [0, 0.1]}}}, "methods.0.space.lr", r"reaches outside"),
+    ({"space": {"epochs": {"randint": [0, 5]}}}, "methods.0.space.epochs",
+     r"reaches outside .*an integer >= 1"),
+    ({"space": {"epochs": {"uniform": [1, 5]}}}, "methods.0.space.epochs",
+     r"draws non-integers.*randint or choice"),
+    ({"space": {"epochs": {"choice": [5, -1, 0]}}}, "methods.0.space.epochs",
+     r"choice values \[-1, 0\] outside"),
+])
+def test_bad_hparams_refused_at_load(entry, path, message):
+    with pytest.raises(UserInputError) as info:
+        parse_config(method(**entry), "cfg.yaml")
+    text = str(info.value)
+    assert f"  {path}: " in text, text
+    assert re.search(message, text), text
+
+
+@pytest.mark.parametrize("name,entry,path,message", [
+    ("label_flip", {"fixed": {"momentum": 1.0}}, "fixed.momentum", r"in \[0, 1\)"),
+    ("soft_relabel", {"space": {"feature_space": {"choice": ["logits", "pixels"]}}},
+     "space.feature_space", r"\['pixels'\] outside .*one of \['penultimate', 'logits'\]"),
+    ("soft_relabel", {"space": {"feature_space": {"uniform": [0, 1]}}}, "space.feature_space",
+     r"use choice"),
+    ("fisher_forgetting", {"fixed": {"classwise": "yes"}}, "fixed.classwise", r"true or false"),
+    ("partial_amnesiac", {"space": {"prune_start": {"uniform": [0.5, 1.5]}}},
+     "space.prune_start", r"in \[0, 1\]"),
+    ("retrain", {"fixed": {"epochs": 0}}, "fixed.epochs", r"an integer >= 1, or None"),
+    ("scrub", {"fixed": {"lr_decay_epochs": [3, 0]}}, "fixed.lr_decay_epochs",
+     r"a list of integers >= 1"),
+])
+def test_other_methods_ranges_refused_at_load(name, entry, path, message):
+    with pytest.raises(UserInputError) as info:
+        parse_config({**base(), "methods": [{"name": name, **entry}]}, "cfg.yaml")
+    text = str(info.value)
+    assert f"  methods.0.{path}: " in text, text
+    assert re.search(message, text), text
+
+
+def test_all_bad_hparams_reported_together():
+    with pytest.raises(UserInputError) as info:
+        parse_config(method(fixed={"lr": -1, "epochs": 0},
+                            space={"weight_decay": {"loguniform": [0, 1]}}), "cfg.yaml")
+    text = str(info.value)
+    for path in ("methods.0.fixed.lr", "methods.0.fixed.epochs", "methods.0.space.weight_decay"):
+        assert f"  {path}: " in text, text
+
+
+def test_good_hparams_accepted():
+    config = parse_config(method(
+        fixed={"epochs": 3, "weight_decay": 0.0, "lr": "1e-3"},  # YAML 1.1 reads 1e-3 as text
+        space={"lr": {"loguniform": ["1e-4", 0.1]}, "batch_size": {"choice": [32, 64]}},
+    ))
+    entry = config.methods[0]
+    assert entry.fixed == {"epochs": 3, "weight_decay": 0.0, "lr": 1e-3}
+    assert merged_space({}, entry.space, {}) == {"lr": LogUniform(1e-4, 0.1),
+                                                 "batch_size": Choice((32, 64))}
+    retrain = parse_config({**base(), "methods": [{"name": "retrain", "fixed": {"epochs": None}}]})
+    assert retrain.methods[0].fixed == {"epochs": None}
+
+
+BAD_CONFIGS = {
+    "fixed": ("fixed: {lr: -1}", "methods.0.fixed.lr"),
+    "space": ("space: {lr: {loguniform: [0.1]}}", "methods.0.space.lr"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_unlearn_run_refuses_bad_hparams_before_training(tmp_path, case):
+    """`unlearn run` on the issue's two configs: exit 2 within 20 s, one error line naming
+    the field, and nothing trained (the config is refused at load, before Ray starts)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    line, path = BAD_CONFIGS[case]
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"name: bad\nmethods:\n  - name: finetune\n    {line}\n")
+    results = tmp_path / "results"
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", str(config), "--results", str(results)],
+        capture_output=True, text=True, timeout=20, cwd=tmp_path, env=env,
+    )
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr
+    assert seconds < 20
+    assert proc.stderr.count("unlearn run: error:") == 1, proc.stderr
+    assert f"  {path}: " in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not results.exists()

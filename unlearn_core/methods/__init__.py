@@ -19,16 +19,19 @@ Methods with an epoch loop set ``REPORTS_EPOCHS = True`` and call
 with several phases reports one of them, the one its ``EPOCHS_HPARAM`` names
 (e.g. unsir's repair epochs, after the impair step), and says why there.
 
+Every Hparams field declares its valid range next to its default
+(``unlearn_core.search.hparam``); ``make_hparams`` refuses values outside it.
+
 Adding a method is one file plus one name in ``METHOD_MODULES``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from importlib import import_module
 from types import ModuleType
 
 from unlearn_core.errors import UserInputError
+from unlearn_core.search import field_ranges
 
 METHOD_MODULES = (
     "original",
@@ -91,13 +94,46 @@ def epochs_hparam(name: str) -> str | None:
     return getattr(get_method(name), "EPOCHS_HPARAM", None) if reports_epochs(name) else None
 
 
-def make_hparams(name: str, values: dict | None = None):
-    """Build a method's Hparams from a dict, naming any unknown field."""
-    module = get_method(name)
-    fields = {f.name for f in dataclasses.fields(module.Hparams)}
+def hparam_range(name: str, field: str):
+    """The declared ``Range`` of one Hparams field of method ``name`` (``search.hparam``)."""
+    ranges = field_ranges(get_method(name).Hparams)
+    if field not in ranges:
+        raise UserInputError(
+            f"method {name}: unknown hparam {field!r}; accepted: {sorted(ranges)}"
+        )
+    return ranges[field]
+
+
+def hparam_problem(name: str, field: str, value) -> str | None:
+    """None if ``value`` lies in the field's declared range, else what was expected."""
+    declared = hparam_range(name, field)
+    return None if declared is None else declared.problem(value)
+
+
+def check_hparam(name: str, field: str, value) -> None:
+    """Refuse (UserInputError) a value outside the field's range, naming method, field,
+    value and range."""
+    problem = hparam_problem(name, field, value)
+    if problem:
+        raise UserInputError(f"method {name}: hparam {field} out of range: {problem}")
+
+
+def validate_hparams(name: str, values: dict | None) -> None:
+    """Refuse unknown fields and values outside their ranges (all named in one error)."""
+    fields = set(field_ranges(get_method(name).Hparams))
     unknown = sorted(set(values or {}) - fields)
     if unknown:
         raise UserInputError(
             f"method {name}: unknown hparam(s) {unknown}; accepted: {sorted(fields)}"
         )
-    return module.Hparams(**(values or {}))
+    problems = [f"{field}: {problem}" for field, value in (values or {}).items()
+                if (problem := hparam_problem(name, field, value))]
+    if problems:
+        raise UserInputError(f"method {name}: hparam(s) out of range: " + "; ".join(problems))
+
+
+def make_hparams(name: str, values: dict | None = None):
+    """Build a method's Hparams from a dict, naming any unknown field and any value
+    outside its field's declared range."""
+    validate_hparams(name, values)
+    return get_method(name).Hparams(**(values or {}))

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from unlearn_core.methods._seed002 import adamw, logits_of
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace, Uniform
+from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace, Uniform, hparam
 from unlearn_core.train.device_data import Batch
 from unlearn_core.train.loop import prepare_model, seed_everything
 
@@ -69,14 +69,22 @@ EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported, prune epoc
 
 @dataclass(frozen=True)
 class Hparams:
-    epochs: int = 5  # total epochs; 002 code pruning/algorithm.py max_epochs=5
-    prune_epochs: int = 2  # even epochs that compute masks (0, 2); 002 code pipeline.py: 2
-    lr: float = 1e-4  # AdamW LR of the D_r steps; 002 code pipeline.py init_lr
-    weight_decay: float = 1e-4  # AdamW decoupled weight decay; 002 code pipeline.py
-    batch_size: int = 256  # rows per D_r and D_f batch; 002 code pipeline.py: 256
-    q_early: float = 0.99  # percentile of the first activation (Sec. 3.3: 0.99)
-    q_deep: float = 0.90  # percentile of the last activation (Sec. 3.3: 0.90)
-    mask_scope: str = "channel"  # percentile axis: 002 code quantile(dim=1); "map": whole map
+    # total epochs; 002 code pruning/algorithm.py max_epochs=5
+    epochs: int = hparam(5, ge=1)
+    # even epochs that compute masks (0, 2); 002 code pipeline.py: 2
+    prune_epochs: int = hparam(2, ge=0)
+    # AdamW LR of the D_r steps; 002 code pipeline.py init_lr
+    lr: float = hparam(1e-4, gt=0)
+    # AdamW decoupled weight decay; 002 code pipeline.py
+    weight_decay: float = hparam(1e-4, ge=0)
+    # rows per D_r and D_f batch; 002 code pipeline.py: 256
+    batch_size: int = hparam(256, ge=1)
+    # percentile of the first activation (Sec. 3.3: 0.99)
+    q_early: float = hparam(0.99, ge=0, le=1)
+    # percentile of the last activation (Sec. 3.3: 0.90)
+    q_deep: float = hparam(0.90, ge=0, le=1)
+    # percentile axis: 002 code quantile(dim=1); "map": whole map
+    mask_scope: str = hparam("channel", choices=MASK_SCOPES)
 
 
 SEARCH_SPACE: SearchSpace = {

@@ -57,33 +57,50 @@ import torch.nn.functional as F
 
 from unlearn_core.methods._attacker import MIATransformer, defender_view
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace, Uniform
+from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace, Uniform, hparam
 from unlearn_core.train.device_data import Batch, DeviceData
 from unlearn_core.train.loop import prepare_model, seed_everything
 from unlearn_core.train.sparsity import apply_masks, masks_from_zeros
 
 REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch (pass over D_r)
 EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's time axis)
+DEFENDER_OBJECTIVES = ("minimax", "non_saturating")  # Eq. 1; §3.3's GAN variant
 
 
 @dataclass(frozen=True)
 class Hparams:
-    epochs: int = 1  # passes over D_r, one min-max iteration per D_r batch; not given (run time)
-    lr: float = 0.01  # defender SGD lr η_D; seed 004 §4.2: 0.01 (random, dense)
-    batch_size: int = 128  # B of Alg. 1 for D_r, D_f, D_v batches; not given in seed 004
-    momentum: float = 0.9  # defender SGD momentum; Unlearn-Sparse recipe: 0.9
-    weight_decay: float = 5e-4  # defender weight decay; Unlearn-Sparse recipe: 5e-4
-    alpha: float = 0.9  # α, attacker-objective weight in Eq. 1; seed 004 §4.2: 0.9
-    beta: float = 0.001  # β, V_ss weight in Eq. 3; seed 004 §4.2: 0.001
-    bt_lambda: float = 5e-3  # λ, off-diagonal weight in Eq. 2; seed 004 / Zbontar et al.: 5e-3
-    num_noise: int = 10  # n noisy copies averaged in Δ(x); seed 004 §3.1: 10
-    noise_std: float = 1e-3  # σ of the input noise in Δ(x), normalised units; Yuan & Zhang: 1e-3
-    attacker_lr: float = 1e-3  # attacker Adam lr η_A; Yuan & Zhang code: 1e-3
-    attacker_weight_decay: float = 5e-4  # attacker weight decay; Yuan & Zhang code: 5e-4
-    pretrain_iterations: int = 1000  # attacker steps on D vs D_v before the loop; seed 004: 1000
-    classwise_alpha_iterations: int = 30  # class-wise: α = 0 from this iteration; seed 004: 30
-    defender_objective: str = "minimax"  # "minimax" (Eq. 1) or "non_saturating" (§3.3 variant)
-    keep_sparsity: bool = True  # exact zeros of the source stay zero; Unlearn-Sparse protocol
+    # passes over D_r, one min-max iteration per D_r batch; not given (run time)
+    epochs: int = hparam(1, ge=1)
+    # defender SGD lr η_D; seed 004 §4.2: 0.01 (random, dense)
+    lr: float = hparam(0.01, gt=0)
+    # B of Alg. 1 for D_r, D_f, D_v batches; not given in seed 004
+    batch_size: int = hparam(128, ge=1)
+    # defender SGD momentum; Unlearn-Sparse recipe: 0.9
+    momentum: float = hparam(0.9, ge=0, lt=1)
+    # defender weight decay; Unlearn-Sparse recipe: 5e-4
+    weight_decay: float = hparam(5e-4, ge=0)
+    # α, attacker-objective weight in Eq. 1; seed 004 §4.2: 0.9
+    alpha: float = hparam(0.9, ge=0)
+    # β, V_ss weight in Eq. 3; seed 004 §4.2: 0.001
+    beta: float = hparam(0.001, ge=0)
+    # λ, off-diagonal weight in Eq. 2; seed 004 / Zbontar et al.: 5e-3
+    bt_lambda: float = hparam(5e-3, ge=0)
+    # n noisy copies averaged in Δ(x); seed 004 §3.1: 10
+    num_noise: int = hparam(10, ge=1)
+    # σ of the input noise in Δ(x), normalised units; Yuan & Zhang: 1e-3
+    noise_std: float = hparam(1e-3, gt=0)
+    # attacker Adam lr η_A; Yuan & Zhang code: 1e-3
+    attacker_lr: float = hparam(1e-3, gt=0)
+    # attacker weight decay; Yuan & Zhang code: 5e-4
+    attacker_weight_decay: float = hparam(5e-4, ge=0)
+    # attacker steps on D vs D_v before the loop; seed 004: 1000
+    pretrain_iterations: int = hparam(1000, ge=0)
+    # class-wise: α = 0 from this iteration; seed 004: 30
+    classwise_alpha_iterations: int = hparam(30, ge=0)
+    # "minimax" (Eq. 1) or "non_saturating" (§3.3 variant)
+    defender_objective: str = hparam("minimax", choices=DEFENDER_OBJECTIVES)
+    # exact zeros of the source stay zero; Unlearn-Sparse protocol
+    keep_sparsity: bool = hparam(True)
 
 
 SEARCH_SPACE: SearchSpace = {
@@ -167,9 +184,9 @@ def _pretrain_attacker(model, attacker, optimizer, task, hp, size, generator, no
 def adversarial_unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams
                         ) -> tuple[nn.Module, dict]:
     """Run DAU (Alg. 1); return the unlearned defender and the training history."""
-    if hp.defender_objective not in ("minimax", "non_saturating"):
+    if hp.defender_objective not in DEFENDER_OBJECTIVES:
         raise ValueError(f"defender_objective {hp.defender_objective!r}: "
-                         "expected 'minimax' or 'non_saturating'")
+                         f"expected one of {DEFENDER_OBJECTIVES}")
     device = task.device
     seed_everything(task.seed)
     generator = torch.Generator().manual_seed(task.seed)

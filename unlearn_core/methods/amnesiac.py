@@ -27,7 +27,7 @@ import torch.nn as nn
 from unlearn_core.errors import UserInputError
 from unlearn_core.methods.common import method_recipe
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import IntUniform, LogUniform, SearchSpace
+from unlearn_core.search import IntUniform, LogUniform, SearchSpace, hparam
 from unlearn_core.train.loop import fit
 from unlearn_core.train.recorder import RecordedUpdates
 
@@ -36,9 +36,12 @@ REQUIRES = frozenset({"update_recording"})
 
 @dataclass(frozen=True)
 class Hparams:
-    finetune_epochs: int = 0  # epochs on D_r after Eq. 4; Graves et al. optional, seed 001: 0
-    finetune_lr: float = 1e-3  # SGD lr of that fine-tune; seed 001 §5 training lr: 0.001
-    batch_size: int = 128  # fine-tune batch size; seed 001 §5: 128
+    # epochs on D_r after Eq. 4; Graves et al. optional, seed 001: 0
+    finetune_epochs: int = hparam(0, ge=0)
+    # SGD lr of that fine-tune; seed 001 §5 training lr: 0.001
+    finetune_lr: float = hparam(1e-3, gt=0)
+    # fine-tune batch size; seed 001 §5: 128
+    batch_size: int = hparam(128, ge=1)
 
 
 SEARCH_SPACE: SearchSpace = {

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from unlearn_core.methods.common import EpochEnd, method_recipe
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform
+from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform, hparam
 from unlearn_core.train.device_data import Batch
 from unlearn_core.train.loop import fit
 
@@ -36,11 +36,16 @@ EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's tim
 
 @dataclass(frozen=True)
 class Hparams:
-    epochs: int = 10  # passes over D_f; Chen et al. 2023 code boundary_shrink poison_epoch=10
-    lr: float = 1e-5  # SGD LR; Chen et al. 2023 code: 0.00001
-    momentum: float = 0.9  # SGD momentum; Chen et al. 2023 code: 0.9
-    bound: float = 0.1  # FGSM step ε in [0, 1] pixel units; Chen et al. 2023 code bound=0.1
-    batch_size: int = 128  # D_f rows per step; not fixed by Chen et al.
+    # passes over D_f; Chen et al. 2023 code boundary_shrink poison_epoch=10
+    epochs: int = hparam(10, ge=1)
+    # SGD LR; Chen et al. 2023 code: 0.00001
+    lr: float = hparam(1e-5, gt=0)
+    # SGD momentum; Chen et al. 2023 code: 0.9
+    momentum: float = hparam(0.9, ge=0, lt=1)
+    # FGSM step ε in [0, 1] pixel units; Chen et al. 2023 code bound=0.1
+    bound: float = hparam(0.1, gt=0, le=1)
+    # D_f rows per step; not fixed by Chen et al.
+    batch_size: int = hparam(128, ge=1)
 
 
 SEARCH_SPACE: SearchSpace = {

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from unlearn_core.methods._perturb import last_parameter_tensors, train_retain_js
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace
+from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace, hparam
 
 REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
 EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's time axis)
@@ -23,10 +23,10 @@ EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's tim
 
 @dataclass(frozen=True)
 class Hparams:
-    layers: int = 5  # K, last parameter tensors fine-tuned; seed 000 §4.1: 5 or 10
-    epochs: int = 50  # epochs on D_RE; not given in seed 000: as Top-K (Fig. 6: 50)
-    lr: float = 1e-4  # Adam learning rate; seed 000 §4.3.1: 1e-4 for EU-K/CF-K
-    batch_size: int = 128  # not given in seed 000; project default
+    layers: int = hparam(5, ge=1)  # K, last parameter tensors fine-tuned; seed 000 §4.1: 5 or 10
+    epochs: int = hparam(50, ge=1)  # epochs on D_RE; not given in seed 000: as Top-K (Fig. 6: 50)
+    lr: float = hparam(1e-4, gt=0)  # Adam learning rate; seed 000 §4.3.1: 1e-4 for EU-K/CF-K
+    batch_size: int = hparam(128, ge=1)  # not given in seed 000; project default
 
 
 SEARCH_SPACE: SearchSpace = {

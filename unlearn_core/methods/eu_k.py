@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from unlearn_core.methods._perturb import last_parameter_tensors, reinitialise_, train_retain_js
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace
+from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace, hparam
 from unlearn_core.train.loop import prepare_model
 
 REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
@@ -28,10 +28,14 @@ EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's tim
 
 @dataclass(frozen=True)
 class Hparams:
-    layers: int = 5  # K, last parameter tensors re-initialised; seed 000 §4.1: 5 or 10
-    epochs: int = 50  # epochs on D_RE; not given in seed 000: as Top-K (Fig. 6: 50)
-    lr: float = 1e-4  # Adam learning rate; seed 000 §4.3.1: 1e-4 for EU-K/CF-K
-    batch_size: int = 128  # not given in seed 000; project default
+    # K, last parameter tensors re-initialised; seed 000 §4.1: 5 or 10
+    layers: int = hparam(5, ge=1)
+    # epochs on D_RE; not given in seed 000: as Top-K (Fig. 6: 50)
+    epochs: int = hparam(50, ge=1)
+    # Adam learning rate; seed 000 §4.3.1: 1e-4 for EU-K/CF-K
+    lr: float = hparam(1e-4, gt=0)
+    # not given in seed 000; project default
+    batch_size: int = hparam(128, ge=1)
 
 
 SEARCH_SPACE: SearchSpace = {

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from unlearn_core.methods.common import EpochEnd, method_recipe
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import IntUniform, LogUniform, SearchSpace
+from unlearn_core.search import IntUniform, LogUniform, SearchSpace, hparam
 from unlearn_core.train.loop import fit
 
 REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
@@ -22,10 +22,14 @@ EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's tim
 
 @dataclass(frozen=True)
 class Hparams:
-    epochs: int = 10  # epochs on D_r; seed 004 / Unlearn-Sparse FT: 10
-    lr: float = 0.01  # SGD learning rate; Unlearn-Sparse FT range [0.01, 0.1]
-    batch_size: int = 128  # seed 004 / Unlearn-Sparse: 256 on CIFAR; 128 for small sets
-    weight_decay: float = 5e-4  # Unlearn-Sparse: 5e-4
+    # epochs on D_r; seed 004 / Unlearn-Sparse FT: 10
+    epochs: int = hparam(10, ge=1)
+    # SGD learning rate; Unlearn-Sparse FT range [0.01, 0.1]
+    lr: float = hparam(0.01, gt=0)
+    # seed 004 / Unlearn-Sparse: 256 on CIFAR; 128 for small sets
+    batch_size: int = hparam(128, ge=1)
+    # Unlearn-Sparse: 5e-4
+    weight_decay: float = hparam(5e-4, ge=0)
 
 
 SEARCH_SPACE: SearchSpace = {

@@ -44,7 +44,7 @@ from torch.func import functional_call, vjp, vmap
 
 from unlearn_core.errors import UserInputError
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import LogUniform, SearchSpace
+from unlearn_core.search import LogUniform, SearchSpace, hparam
 from unlearn_core.train.device_data import DeviceData
 
 FISHER_LABELS = ("expected", "sampled", "true")
@@ -57,11 +57,16 @@ HEAD_AND_1D_SCALE = 10.0  # extra variance of head tensors and 1-D tensors (code
 
 @dataclass(frozen=True)
 class Hparams:
-    alpha: float = 1e-6  # α, noise variance = α·F^-1; Golatkar et al. code, Fisher cell: 1e-6
-    fisher_labels: str = "expected"  # label expectation in F: exact over p(y|x) as in the code
-    classwise: bool = True  # zero the forget classes' head rows (code, class forgetting)
-    max_samples: int = 0  # D_r samples used for F, 0 = all (code: all of D_r)
-    batch_size: int = 32  # samples per vmapped chunk: memory only, same F (code: 1 at a time)
+    # α, noise variance = α·F^-1; Golatkar et al. code, Fisher cell: 1e-6
+    alpha: float = hparam(1e-6, ge=0)
+    # label expectation in F: exact over p(y|x) as in the code
+    fisher_labels: str = hparam("expected", choices=FISHER_LABELS)
+    # zero the forget classes' head rows (code, class forgetting)
+    classwise: bool = hparam(True)
+    # D_r samples used for F, 0 = all (code: all of D_r)
+    max_samples: int = hparam(0, ge=0)
+    # samples per vmapped chunk: memory only, same F (code: 1 at a time)
+    batch_size: int = hparam(32, ge=1)
 
 
 SEARCH_SPACE: SearchSpace = {

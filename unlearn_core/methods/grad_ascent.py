@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from unlearn_core.methods.common import EpochEnd, method_recipe, negative_cross_entropy
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import IntUniform, LogUniform, SearchSpace
+from unlearn_core.search import IntUniform, LogUniform, SearchSpace, hparam
 from unlearn_core.train.loop import fit
 
 REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
@@ -22,10 +22,14 @@ EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's tim
 
 @dataclass(frozen=True)
 class Hparams:
-    epochs: int = 5  # epochs on D_f; seed 004 / Unlearn-Sparse GA: 5
-    lr: float = 1e-4  # ascent step α (Eq. 5, seed 001); Unlearn-Sparse range [1e-5, 1e-3]
-    batch_size: int = 128  # seed 001: 128
-    weight_decay: float = 0.0  # no decay: it would pull toward 0, not away from D_f
+    # epochs on D_f; seed 004 / Unlearn-Sparse GA: 5
+    epochs: int = hparam(5, ge=1)
+    # ascent step α (Eq. 5, seed 001); Unlearn-Sparse range [1e-5, 1e-3]
+    lr: float = hparam(1e-4, gt=0)
+    # seed 001: 128
+    batch_size: int = hparam(128, ge=1)
+    # no decay: it would pull toward 0, not away from D_f
+    weight_decay: float = hparam(0.0, ge=0)
 
 
 SEARCH_SPACE: SearchSpace = {

@@ -21,7 +21,7 @@ from unlearn_core.methods._partial import SCHEDULE_SHAPES, SELECTION_INITS, part
 from unlearn_core.methods.common import EpochEnd, method_recipe, negative_cross_entropy
 from unlearn_core.methods.grad_ascent import Hparams as GradAscentHparams
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace, Uniform
+from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace, Uniform, hparam
 
 _GA = GradAscentHparams()  # the naive counterpart's defaults, kept in one place
 
@@ -32,14 +32,22 @@ EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's tim
 
 @dataclass(frozen=True)
 class Hparams:
-    epochs: int = _GA.epochs  # epochs on D_f (one S_{l,e} each); as grad_ascent: 5
-    lr: float = _GA.lr  # ascent step α' of Eq. 10; as grad_ascent: 1e-4
-    batch_size: int = _GA.batch_size  # seed 001 §5: 128
-    momentum: float = 0.9  # SGD momentum; as grad_ascent (method_recipe default): 0.9
-    density_start: float = 0.3  # share of layer 1 selected by S_{1,e}; seed 001 §4.3: low (ours)
-    density_end: float = 0.9  # share of the last layer selected; seed 001 §4.3: higher (ours)
-    density_shape: str = "linear"  # interpolation over depth (layer_schedule); ours
-    selection_init: str = "random"  # S_{l,1} ones at random / evenly spaced positions; ours
+    # epochs on D_f (one S_{l,e} each); as grad_ascent: 5
+    epochs: int = hparam(_GA.epochs, ge=1)
+    # ascent step α' of Eq. 10; as grad_ascent: 1e-4
+    lr: float = hparam(_GA.lr, gt=0)
+    # seed 001 §5: 128
+    batch_size: int = hparam(_GA.batch_size, ge=1)
+    # SGD momentum; as grad_ascent (method_recipe default): 0.9
+    momentum: float = hparam(0.9, ge=0, lt=1)
+    # share of layer 1 selected by S_{1,e}; seed 001 §4.3: low (ours)
+    density_start: float = hparam(0.3, ge=0, le=1)
+    # share of the last layer selected; seed 001 §4.3: higher (ours)
+    density_end: float = hparam(0.9, ge=0, le=1)
+    # interpolation over depth (layer_schedule); ours
+    density_shape: str = hparam("linear", choices=SCHEDULE_SHAPES)
+    # S_{l,1} ones at random / evenly spaced positions; ours
+    selection_init: str = hparam("random", choices=SELECTION_INITS)
 
 
 SEARCH_SPACE: SearchSpace = {

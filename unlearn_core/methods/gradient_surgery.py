@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from unlearn_core.methods._seed002 import adamw, logits_of, train_epochs
 from unlearn_core.methods.common import EpochEnd
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform
+from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform, hparam
 from unlearn_core.train.device_data import Batch, DeviceData
 from unlearn_core.train.loop import prepare_model, seed_everything
 
@@ -45,16 +45,26 @@ EPOCHS_HPARAM = "epochs"  # ASHA's time axis. The ascent passes over D_f
 
 @dataclass(frozen=True)
 class Hparams:
-    ascent_epochs: int = 3  # passes over D_f with the Eq. 3 step; 002 code surgery.py: range(3)
-    ascent_lr: float = 0.09  # SGD LR of the ascent; 002 code surgery.py: 9e-2
-    ascent_momentum: float = 0.95  # SGD momentum of the ascent; 002 code surgery.py: 0.95
-    forget_batch_size: int = 2048  # D_f rows (= D_r rows drawn) per ascent step; surgery.py
-    epochs: int = 4  # descent epochs on D_r; 002 code surgery.py: epochs = 4
-    lr: float = 2e-3  # initial AdamW LR of the descent ("rather large", Sec. 3.2); surgery.py
-    lr_decay: float = 0.5  # per-epoch exponential LR factor of the descent; surgery.py: 0.5
-    weight_decay: float = 5e-4  # L2 half of the elastic net (AdamW decoupled); surgery.py
-    l1: float = 1e-3  # L1 half: weight of Σ_tensors mean|w| (Sec. 3.2); surgery.py lmb=1e-3
-    batch_size: int = 1024  # D_r rows per descent step; 002 code surgery.py: 1024
+    # passes over D_f with the Eq. 3 step; 002 code surgery.py: range(3)
+    ascent_epochs: int = hparam(3, ge=1)
+    # SGD LR of the ascent; 002 code surgery.py: 9e-2
+    ascent_lr: float = hparam(0.09, gt=0)
+    # SGD momentum of the ascent; 002 code surgery.py: 0.95
+    ascent_momentum: float = hparam(0.95, ge=0, lt=1)
+    # D_f rows (= D_r rows drawn) per ascent step; surgery.py
+    forget_batch_size: int = hparam(2048, ge=1)
+    # descent epochs on D_r; 002 code surgery.py: epochs = 4
+    epochs: int = hparam(4, ge=0)
+    # initial AdamW LR of the descent ("rather large", Sec. 3.2); surgery.py
+    lr: float = hparam(2e-3, gt=0)
+    # per-epoch exponential LR factor of the descent; surgery.py: 0.5
+    lr_decay: float = hparam(0.5, gt=0, le=1)
+    # L2 half of the elastic net (AdamW decoupled); surgery.py
+    weight_decay: float = hparam(5e-4, ge=0)
+    # L1 half: weight of Σ_tensors mean|w| (Sec. 3.2); surgery.py lmb=1e-3
+    l1: float = hparam(1e-3, ge=0)
+    # D_r rows per descent step; 002 code surgery.py: 1024
+    batch_size: int = hparam(1024, ge=1)
 
 
 SEARCH_SPACE: SearchSpace = {

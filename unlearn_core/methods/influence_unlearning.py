@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import IntUniform, LogUniform, SearchSpace
+from unlearn_core.search import IntUniform, LogUniform, SearchSpace, hparam
 from unlearn_core.train.device_data import DeviceData
 from unlearn_core.train.loop import prepare_model, seed_everything
 from unlearn_core.train.sparsity import masks_from_zeros
@@ -55,12 +55,18 @@ from unlearn_core.train.sparsity import masks_from_zeros
 
 @dataclass(frozen=True)
 class Hparams:
-    alpha: float = 0.2  # α, scale of the step α F̂⁻¹ v; Unlearn-Sparse README (wfisher): 0.2
-    damping: float = 1.0  # λ in F̂ = λI + (1/m) Σ g gᵀ; Unlearn-Sparse Wfisher.py: F̂_0 = I
-    num_samples: int = 1000  # m, D_r per-sample gradients in F̂; Unlearn-Sparse Wfisher.py: 1000
-    batch_size: int = 128  # batch for ḡ_f, ḡ_r (sums, so no effect on the result)
-    chunk_size: int = 32  # per-sample gradients computed at once (memory only)
-    keep_sparsity: bool = True  # exact zeros of the source stay zero; Unlearn-Sparse protocol
+    # α, scale of the step α F̂⁻¹ v; Unlearn-Sparse README (wfisher): 0.2
+    alpha: float = hparam(0.2, gt=0)
+    # λ in F̂ = λI + (1/m) Σ g gᵀ; Unlearn-Sparse Wfisher.py: F̂_0 = I
+    damping: float = hparam(1.0, gt=0)
+    # m, D_r per-sample gradients in F̂; Unlearn-Sparse Wfisher.py: 1000
+    num_samples: int = hparam(1000, ge=1)
+    # batch for ḡ_f, ḡ_r (sums, so no effect on the result)
+    batch_size: int = hparam(128, ge=1)
+    # per-sample gradients computed at once (memory only)
+    chunk_size: int = hparam(32, ge=1)
+    # exact zeros of the source stay zero; Unlearn-Sparse protocol
+    keep_sparsity: bool = hparam(True)
 
 
 SEARCH_SPACE: SearchSpace = {

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from unlearn_core.methods.common import EpochEnd, method_recipe
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform
+from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform, hparam
 from unlearn_core.train.device_data import DeviceData
 from unlearn_core.train.loop import fit
 
@@ -32,10 +32,14 @@ EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's tim
 
 @dataclass(frozen=True)
 class Hparams:
-    epochs: int = 5  # epochs on relabelled D_f; seed 001 gives none ("few iterations"), as GA: 5
-    lr: float = 1e-3  # α' of Eq. 8; seed 001 §5 states only the training lr: 0.001
-    batch_size: int = 128  # seed 001 §5: 128
-    momentum: float = 0.9  # SGD momentum; as grad_ascent (method_recipe default): 0.9
+    # epochs on relabelled D_f; seed 001 gives none ("few iterations"), as GA: 5
+    epochs: int = hparam(5, ge=1)
+    # α' of Eq. 8; seed 001 §5 states only the training lr: 0.001
+    lr: float = hparam(1e-3, gt=0)
+    # seed 001 §5: 128
+    batch_size: int = hparam(128, ge=1)
+    # SGD momentum; as grad_ascent (method_recipe default): 0.9
+    momentum: float = hparam(0.9, ge=0, lt=1)
 
 
 SEARCH_SPACE: SearchSpace = {

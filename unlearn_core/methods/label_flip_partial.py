@@ -22,7 +22,7 @@ from unlearn_core.methods._partial import SCHEDULE_SHAPES, SELECTION_INITS, part
 from unlearn_core.methods.common import EpochEnd, method_recipe
 from unlearn_core.methods.label_flip import flipped_forget_set
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace, Uniform
+from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace, Uniform, hparam
 
 REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
 EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's time axis)
@@ -30,14 +30,22 @@ EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's tim
 
 @dataclass(frozen=True)
 class Hparams:
-    epochs: int = 5  # epochs on relabelled D_f (one S_{l,e} each); as label_flip: 5
-    lr: float = 1e-3  # α' of Eq. 8; seed 001 §5 states only the training lr: 0.001
-    batch_size: int = 128  # seed 001 §5: 128
-    momentum: float = 0.9  # SGD momentum; as label_flip: 0.9
-    density_start: float = 0.9  # share of layer 1 selected by S_{1,e}; seed 001 §4.2: high (ours)
-    density_end: float = 0.3  # share of the last layer selected; seed 001 §4.2: lower (ours)
-    density_shape: str = "linear"  # interpolation over depth (layer_schedule); ours
-    selection_init: str = "random"  # S_{l,1} ones at random / evenly spaced positions; ours
+    # epochs on relabelled D_f (one S_{l,e} each); as label_flip: 5
+    epochs: int = hparam(5, ge=1)
+    # α' of Eq. 8; seed 001 §5 states only the training lr: 0.001
+    lr: float = hparam(1e-3, gt=0)
+    # seed 001 §5: 128
+    batch_size: int = hparam(128, ge=1)
+    # SGD momentum; as label_flip: 0.9
+    momentum: float = hparam(0.9, ge=0, lt=1)
+    # share of layer 1 selected by S_{1,e}; seed 001 §4.2: high (ours)
+    density_start: float = hparam(0.9, ge=0, le=1)
+    # share of the last layer selected; seed 001 §4.2: lower (ours)
+    density_end: float = hparam(0.3, ge=0, le=1)
+    # interpolation over depth (layer_schedule); ours
+    density_shape: str = hparam("linear", choices=SCHEDULE_SHAPES)
+    # S_{l,1} ones at random / evenly spaced positions; ours
+    selection_init: str = hparam("random", choices=SELECTION_INITS)
 
 
 SEARCH_SPACE: SearchSpace = {

@@ -48,7 +48,7 @@ from unlearn_core.methods.amnesiac import (
     subtract_updates,
 )
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import Choice, SearchSpace, Uniform
+from unlearn_core.search import Choice, SearchSpace, Uniform, hparam
 from unlearn_core.train.recorder import (
     SCHEDULE_SHAPES,
     PruneSpec,
@@ -64,12 +64,18 @@ KINDS = ("random", "magnitude", "global")
 
 @dataclass(frozen=True)
 class Hparams:
-    prune_kind: str = "random"  # §4.1 kinds; seed 001 §5.4.4: random (decreasing) was best
-    prune_start: float = 0.9  # pruned share of layer 1's update (zeros of P_1); §4.1: high (ours)
-    prune_end: float = 0.5  # pruned share of the last layer's update; §4.1: lower with depth (ours)
-    prune_shape: str = "linear"  # interpolation over depth (layer_schedule); ours
-    global_amount: float = 0.7  # share pruned over the whole model, "global" kind only; ours
-    mask_seed: int = 0  # seed of random masks (step_generator); UpdateRecorder's default: 0
+    # §4.1 kinds; seed 001 §5.4.4: random (decreasing) was best
+    prune_kind: str = hparam("random", choices=KINDS)
+    # pruned share of layer 1's update (zeros of P_1); §4.1: high (ours)
+    prune_start: float = hparam(0.9, ge=0, le=1)
+    # pruned share of the last layer's update; §4.1: lower with depth (ours)
+    prune_end: float = hparam(0.5, ge=0, le=1)
+    # interpolation over depth (layer_schedule); ours
+    prune_shape: str = hparam("linear", choices=SCHEDULE_SHAPES)
+    # share pruned over the whole model, "global" kind only; ours
+    global_amount: float = hparam(0.7, ge=0, le=1)
+    # seed of random masks (step_generator); UpdateRecorder's default: 0
+    mask_seed: int = hparam(0, ge=0)
 
 
 SEARCH_SPACE: SearchSpace = {

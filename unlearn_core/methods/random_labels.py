@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from unlearn_core.methods._seed002 import adamw, train_epochs
 from unlearn_core.methods.common import EpochEnd
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import IntUniform, LogUniform, SearchSpace
+from unlearn_core.search import IntUniform, LogUniform, SearchSpace, hparam
 from unlearn_core.train.device_data import Batch
 from unlearn_core.train.loop import prepare_model, seed_everything
 
@@ -39,12 +39,18 @@ EPOCHS_HPARAM = "epochs"  # ASHA's time axis. The random-label passes
 
 @dataclass(frozen=True)
 class Hparams:
-    forget_epochs: int = 20  # random-label passes over D_f; 002 code RLFTrainer: range(20)
-    epochs: int = 8  # fine-tune epochs on D_r; 002 cifar_config.yaml 10, its loop runs 10-2=8
-    lr: float = 1e-3  # AdamW LR of both phases; 002 cifar_config.yaml finetune.optimizer.lr
-    weight_decay: float = 5e-3  # AdamW decoupled weight decay; 002 cifar_config.yaml: 0.005
-    batch_size: int = 512  # rows per step; 002 cifar_config.yaml BATCH_SIZE
-    label_smoothing: float = 0.1  # CE smoothing; 002 benchmark_cifar.py loss_fn: 0.1
+    # random-label passes over D_f; 002 code RLFTrainer: range(20)
+    forget_epochs: int = hparam(20, ge=1)
+    # fine-tune epochs on D_r; 002 cifar_config.yaml 10, its loop runs 10-2=8
+    epochs: int = hparam(8, ge=0)
+    # AdamW LR of both phases; 002 cifar_config.yaml finetune.optimizer.lr
+    lr: float = hparam(1e-3, gt=0)
+    # AdamW decoupled weight decay; 002 cifar_config.yaml: 0.005
+    weight_decay: float = hparam(5e-3, ge=0)
+    # rows per step; 002 cifar_config.yaml BATCH_SIZE
+    batch_size: int = hparam(512, ge=1)
+    # CE smoothing; 002 benchmark_cifar.py loss_fn: 0.1
+    label_smoothing: float = hparam(0.1, ge=0, lt=1)
 
 
 SEARCH_SPACE: SearchSpace = {

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from unlearn_core.methods._perturb import (
+    JS_REFERENCES,
+    PERTURB_RULES,
+    W_RAND,
     Masks,
     perturb_,
     random_topk_mask,
@@ -22,7 +25,7 @@ from unlearn_core.methods._perturb import (
     train_after_perturbation,
 )
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform
+from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform, hparam
 from unlearn_core.train.loop import prepare_model
 
 REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
@@ -31,18 +34,30 @@ EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's tim
 
 @dataclass(frozen=True)
 class Hparams:
-    ratio: float = 0.05  # k, share of all parameter entries; seed 000 §4.3.1/§4.3.4: 5 %
-    top_k: int = 45  # K forced into the mask; seed 000 §4.3.2/§4.3.4: 45 (ResNet18)
-    eps: float = 0.01  # ε of Eq. 5; seed 000: "a small value", none given: our choice
-    w_rand: str = "uniform"  # w_rand of Eq. 5: Rand(w.shape) of Alg. 1 l.10 (U[0,1)); or "normal"
-    perturb_rule: str = "replace"  # Eq. 5 w=ε·w_rand; "interpolate": Alg. 1 l.12 w=(1−ε)w+ε·w_rand
-    sensitivity_samples: int = 0  # forget samples in the Eq. 4 pass; 0 = all of D_UL (our choice)
-    lam: float = 0.1  # λ of Eq. 8; seed 000 §4.3.1: 0.1
-    js_reference: str = "source"  # P(w,x) in Eq. 6-8: "source" (Alg. 1 l.16) or "retrain" (§3.2.2)
-    epochs: int = 100  # training epochs on D_RE; seed 000 §4.3.4 / Fig. 8: 100
-    lr: float = 1e-4  # Adam learning rate; seed 000 §4.3.1: Adam, 1e-4 (stated for EU-K/CF-K)
-    batch_size: int = 128  # not given in seed 000; project default
-    train_only_perturbed: bool = False  # True: update only the masked entries (Theorem 1)
+    # k, share of all parameter entries; seed 000 §4.3.1/§4.3.4: 5 %
+    ratio: float = hparam(0.05, ge=0, le=1)
+    # K forced into the mask; seed 000 §4.3.2/§4.3.4: 45 (ResNet18)
+    top_k: int = hparam(45, ge=0)
+    # ε of Eq. 5; seed 000: "a small value", none given: our choice
+    eps: float = hparam(0.01, ge=0, le=1)
+    # w_rand of Eq. 5: Rand(w.shape) of Alg. 1 l.10 (U[0,1)); or "normal"
+    w_rand: str = hparam("uniform", choices=W_RAND)
+    # Eq. 5 w=ε·w_rand; "interpolate": Alg. 1 l.12 w=(1−ε)w+ε·w_rand
+    perturb_rule: str = hparam("replace", choices=PERTURB_RULES)
+    # forget samples in the Eq. 4 pass; 0 = all of D_UL (our choice)
+    sensitivity_samples: int = hparam(0, ge=0)
+    # λ of Eq. 8; seed 000 §4.3.1: 0.1
+    lam: float = hparam(0.1, ge=0)
+    # P(w,x) in Eq. 6-8: "source" (Alg. 1 l.16) or "retrain" (§3.2.2)
+    js_reference: str = hparam("source", choices=JS_REFERENCES)
+    # training epochs on D_RE; seed 000 §4.3.4 / Fig. 8: 100
+    epochs: int = hparam(100, ge=0)
+    # Adam learning rate; seed 000 §4.3.1: Adam, 1e-4 (stated for EU-K/CF-K)
+    lr: float = hparam(1e-4, gt=0)
+    # not given in seed 000; project default
+    batch_size: int = hparam(128, ge=1)
+    # True: update only the masked entries (Theorem 1)
+    train_only_perturbed: bool = hparam(False)
 
 
 SEARCH_SPACE: SearchSpace = {

@@ -14,7 +14,7 @@ import torch.nn as nn
 from unlearn_core.methods.common import EpochEnd
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.models import create_model
-from unlearn_core.search import SearchSpace
+from unlearn_core.search import SearchSpace, hparam
 from unlearn_core.train.loop import fit
 
 REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
@@ -24,7 +24,7 @@ EPOCHS_HPARAM = "epochs"  # Hparams field: epochs reported (ASHA's time axis); N
 
 @dataclass(frozen=True)
 class Hparams:
-    epochs: int | None = None  # None: the source recipe's epochs
+    epochs: int | None = hparam(None, ge=1)  # None: the source recipe's epochs
 
 
 SEARCH_SPACE: SearchSpace = {}

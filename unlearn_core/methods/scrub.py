@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from unlearn_core.methods._seed002 import logits_of
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform
+from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform, hparam
 from unlearn_core.train.device_data import Batch
 from unlearn_core.train.loop import prepare_model, seed_everything
 
@@ -38,18 +38,30 @@ EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's tim
 
 @dataclass(frozen=True)
 class Hparams:
-    epochs: int = 3  # SGDA epochs; SCRUB large_scale_unlearning.ipynb sgda_epochs=3
-    msteps: int = 2  # first epochs that also run a max pass on D_f; SCRUB notebook msteps=2
-    lr: float = 5e-4  # SGD LR of both passes; SCRUB notebook sgda_learning_rate
-    momentum: float = 0.9  # SGD momentum; SCRUB notebook sgda_momentum
-    weight_decay: float = 5e-4  # SGD weight decay; SCRUB notebook sgda_weight_decay
-    alpha: float = 0.001  # weight of KL_T on D_r in the min-step (SCRUB Eq. 3); notebook
-    gamma: float = 0.99  # weight of CE on D_r in the min-step (SCRUB Eq. 3); notebook
-    kd_T: float = 4.0  # softmax temperature T of DistillKL; SCRUB notebook kd_T=4
-    lr_decay_epochs: tuple[int, ...] = (3, 5, 9)  # LR milestones (epochs); SCRUB notebook
-    lr_decay_rate: float = 0.1  # LR factor per milestone passed; SCRUB notebook
-    forget_batch_size: int = 512  # D_f batch of the max pass; SCRUB notebook forget_loader
-    batch_size: int = 256  # D_r batch of the min pass; SCRUB notebook retain_loader
+    # SGDA epochs; SCRUB large_scale_unlearning.ipynb sgda_epochs=3
+    epochs: int = hparam(3, ge=1)
+    # first epochs that also run a max pass on D_f; SCRUB notebook msteps=2
+    msteps: int = hparam(2, ge=0)
+    # SGD LR of both passes; SCRUB notebook sgda_learning_rate
+    lr: float = hparam(5e-4, gt=0)
+    # SGD momentum; SCRUB notebook sgda_momentum
+    momentum: float = hparam(0.9, ge=0, lt=1)
+    # SGD weight decay; SCRUB notebook sgda_weight_decay
+    weight_decay: float = hparam(5e-4, ge=0)
+    # weight of KL_T on D_r in the min-step (SCRUB Eq. 3); notebook
+    alpha: float = hparam(0.001, ge=0)
+    # weight of CE on D_r in the min-step (SCRUB Eq. 3); notebook
+    gamma: float = hparam(0.99, ge=0)
+    # softmax temperature T of DistillKL; SCRUB notebook kd_T=4
+    kd_T: float = hparam(4.0, gt=0)
+    # LR milestones (epochs); SCRUB notebook
+    lr_decay_epochs: tuple[int, ...] = hparam((3, 5, 9), ge=1)
+    # LR factor per milestone passed; SCRUB notebook
+    lr_decay_rate: float = hparam(0.1, gt=0, le=1)
+    # D_f batch of the max pass; SCRUB notebook forget_loader
+    forget_batch_size: int = hparam(512, ge=1)
+    # D_r batch of the min pass; SCRUB notebook retain_loader
+    batch_size: int = hparam(256, ge=1)
 
 
 SEARCH_SPACE: SearchSpace = {

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from unlearn_core.methods._seed002 import adamw, logits_of, train_epochs
 from unlearn_core.methods.common import EpochEnd
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace
+from unlearn_core.search import Choice, IntUniform, LogUniform, SearchSpace, hparam
 from unlearn_core.train.device_data import Batch, DeviceData
 from unlearn_core.train.loop import prepare_model, seed_everything
 
@@ -54,13 +54,20 @@ EPOCHS_HPARAM = "epochs"  # ASHA's time axis. The soft-label passes over
 
 @dataclass(frozen=True)
 class Hparams:
-    relabel_epochs: int = 20  # soft-label passes over D_f; 002 code NNTrainer.train: range(20)
-    epochs: int = 8  # fine-tune epochs on D_r; 002 cifar_config.yaml 10, its loop runs 10-2=8
-    lr: float = 1e-3  # AdamW LR of both phases; 002 cifar_config.yaml finetune.optimizer.lr
-    weight_decay: float = 5e-3  # AdamW decoupled weight decay; 002 cifar_config.yaml: 0.005
-    batch_size: int = 512  # rows of D_r and of D_f per step (2x concatenated); 002 cifar config
-    label_smoothing: float = 0.1  # CE smoothing; 002 benchmark_cifar.py loss_fn: 0.1
-    feature_space: str = "penultimate"  # distance space; SPEC: penultimate, 002 code: "logits"
+    # soft-label passes over D_f; 002 code NNTrainer.train: range(20)
+    relabel_epochs: int = hparam(20, ge=1)
+    # fine-tune epochs on D_r; 002 cifar_config.yaml 10, its loop runs 10-2=8
+    epochs: int = hparam(8, ge=0)
+    # AdamW LR of both phases; 002 cifar_config.yaml finetune.optimizer.lr
+    lr: float = hparam(1e-3, gt=0)
+    # AdamW decoupled weight decay; 002 cifar_config.yaml: 0.005
+    weight_decay: float = hparam(5e-3, ge=0)
+    # rows of D_r and of D_f per step (2x concatenated); 002 cifar config
+    batch_size: int = hparam(512, ge=1)
+    # CE smoothing; 002 benchmark_cifar.py loss_fn: 0.1
+    label_smoothing: float = hparam(0.1, ge=0, lt=1)
+    # distance space; SPEC: penultimate, 002 code: "logits"
+    feature_space: str = hparam("penultimate", choices=FEATURE_SPACES)
 
 
 SEARCH_SPACE: SearchSpace = {

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from unlearn_core.methods.common import EpochEnd, method_recipe
 from unlearn_core.methods.task import UnlearnTask
-from unlearn_core.search import IntUniform, LogUniform, SearchSpace
+from unlearn_core.search import IntUniform, LogUniform, SearchSpace, hparam
 from unlearn_core.train.device_data import DeviceData
 from unlearn_core.train.loop import autocast, fit, make_optimizer, prepare_model, seed_everything
 
@@ -54,16 +54,26 @@ EPOCHS_HPARAM = "repair_epochs"  # ASHA's time axis. Noise learning and impair c
 
 @dataclass(frozen=True)
 class Hparams:
-    lam: float = 0.1  # λ of the noise L2 penalty, Eq. 1, seed 003 (§V: fixed at 0.1)
-    noise_steps: int = 40  # Adam steps on each class's noise; §VI-C / code (5 epochs × 8)
-    noise_lr: float = 0.1  # Adam learning rate of the noise; released code: 0.1
-    noise_batch_size: int = 256  # noise images per forget class; §V-D "a single batch" / code: 256
-    noise_copies: int = 20  # copies of each noise batch in the impair set; §V-D CIFAR: 20
-    impair_lr: float = 0.02  # Adam lr of the impair step; §V-D CIFAR-10: 0.02
-    impair_epochs: int = 1  # epochs on D_r_sub ∪ noise; §IV-B: one ("single pass")
-    repair_lr: float = 0.01  # Adam lr of the repair step; §V-D CIFAR-10: 0.01
-    repair_epochs: int = 1  # epochs on D_r_sub; §IV-B: one
-    batch_size: int = 256  # impair / repair batch size; §V-D: 256
+    # λ of the noise L2 penalty, Eq. 1, seed 003 (§V: fixed at 0.1)
+    lam: float = hparam(0.1, ge=0)
+    # Adam steps on each class's noise; §VI-C / code (5 epochs × 8)
+    noise_steps: int = hparam(40, ge=1)
+    # Adam learning rate of the noise; released code: 0.1
+    noise_lr: float = hparam(0.1, gt=0)
+    # noise images per forget class; §V-D "a single batch" / code: 256
+    noise_batch_size: int = hparam(256, ge=1)
+    # copies of each noise batch in the impair set; §V-D CIFAR: 20
+    noise_copies: int = hparam(20, ge=1)
+    # Adam lr of the impair step; §V-D CIFAR-10: 0.02
+    impair_lr: float = hparam(0.02, gt=0)
+    # epochs on D_r_sub ∪ noise; §IV-B: one ("single pass")
+    impair_epochs: int = hparam(1, ge=1)
+    # Adam lr of the repair step; §V-D CIFAR-10: 0.01
+    repair_lr: float = hparam(0.01, gt=0)
+    # epochs on D_r_sub; §IV-B: one
+    repair_epochs: int = hparam(1, ge=0)
+    # impair / repair batch size; §V-D: 256
+    batch_size: int = hparam(256, ge=1)
 
 
 SEARCH_SPACE: SearchSpace = {

@@ -83,7 +83,7 @@ ULIRA_MIN_MODELS = 3  # leave-one-out fits need >= 3 models per set
 READ_THREADS = 16  # concurrent small reads (JSON records, file infos): object-store latency
 CONFIDENCE_CHUNK = 64  # models per logit-scaled-confidence call (bounds float64 temporaries)
 BATCH_ROWS = 1 << 16  # rows per streamed batch
-FSCORE_BOOT = 50  # bootstrap replicates of the forget quality's interval
+FSCORE_BOOT = 50  # bootstrap replicates of the forget quality's interval (config default)
 # Worker processes for the many-model metrics only above this cost (in per-example
 # scorings, ~0.3 ms each: ~10 s of work); below it starting processes costs more.
 PARALLEL_MIN_COST = 30_000
@@ -459,7 +459,8 @@ def _confidences(forget: pa.Table) -> dict[str, np.ndarray]:
     return confidences_by_model(logits, labels, ordered)
 
 
-def _fscore_tasks(rows: dict[str, dict], confidences: dict[str, np.ndarray]) -> list[_Task]:
+def _fscore_tasks(rows: dict[str, dict], confidences: dict[str, np.ndarray],
+                  n_boot: int = FSCORE_BOOT) -> list[_Task]:
     """Per row with >= 2 models: its F-score metrics and its per-example ε."""
     from unlearn_core.metrics.fscore import per_example_epsilons
 
@@ -480,7 +481,7 @@ def _fscore_tasks(rows: dict[str, dict], confidences: dict[str, np.ndarray]) -> 
         # work hardly grows with the model count, which only breaks ties (biggest first)
         n_models, n_examples = u.shape
         tasks.append(_Task("fscore", method, fscore_metrics, (u, r, accuracies),
-                           {"n_boot": FSCORE_BOOT}, n_examples * (FSCORE_BOOT + 1) + n_models))
+                           {"n_boot": n_boot}, n_examples * (n_boot + 1) + n_models))
         tasks.append(_Task("epsilons", method, per_example_epsilons, (u, r), {},
                            n_examples + n_models))
     return tasks
@@ -533,9 +534,10 @@ def add_ulira(rows: dict[str, dict], confidences: dict[str, np.ndarray],
 
 
 def add_many_model_metrics(rows: dict[str, dict], confidences: dict[str, np.ndarray],
-                           workers: int | None = None) -> dict[str, np.ndarray]:
+                           workers: int | None = None,
+                           n_boot: int = FSCORE_BOOT) -> dict[str, np.ndarray]:
     """``add_fscores`` and ``add_ulira`` as one batch of tasks (one process pool)."""
-    tasks = _fscore_tasks(rows, confidences) + _ulira_tasks(rows, confidences)
+    tasks = _fscore_tasks(rows, confidences, n_boot) + _ulira_tasks(rows, confidences)
     return _apply(rows, tasks, run_tasks(tasks, workers))
 
 
@@ -715,17 +717,17 @@ def tensor_order(store: ResultsStore, summary: dict) -> list[str] | None:
         return None
 
 
-def _config_columns(store: ResultsStore) -> list[str]:
-    """Extra columns the run's config names (``table_columns``), if any."""
+def _run_config(store: ResultsStore) -> dict:
+    """The run's config as stored ({} when absent)."""
     if not store.exists("config.yaml"):
-        return []
+        return {}
     import yaml
 
-    config = yaml.safe_load(store.store.read_text("config.yaml")) or {}
-    return list(config.get("table_columns", []))
+    return yaml.safe_load(store.store.read_text("config.yaml")) or {}
 
 
-def assemble(store: ResultsStore | str | Path, workers: int | None = None) -> dict:
+def assemble(store: ResultsStore | str | Path, workers: int | None = None,
+             bootstrap: int | None = None) -> dict:
     """Compute the tables and plots, write them to the store; return them.
 
     ``store``: a ``ResultsStore`` or an experiment's folder (local path or URI).
@@ -738,8 +740,13 @@ def assemble(store: ResultsStore | str | Path, workers: int | None = None) -> di
     store's ``plots/`` folder) and ``rows`` (per method: metrics, model ids,
     hparams, fscore, ulira). ``workers``: processes for the F-score and U-LiRA of
     the rows (None: one per CPU when the work is big enough; see ``run_tasks``).
+    ``bootstrap``: replicates of the forget quality's interval (None: the config's
+    ``metrics.fscore_bootstrap``).
     """
     store = _open(store)
+    config = _run_config(store)
+    if bootstrap is None:
+        bootstrap = int((config.get("metrics") or {}).get("fscore_bootstrap", FSCORE_BOOT))
     summary = read_summary(store)  # a UserInputError without summary.json
     rows = method_rows(store, summary)
     forget, per_model = read_model_outputs(store, summary["experiment"], rows,
@@ -747,10 +754,10 @@ def assemble(store: ResultsStore | str | Path, workers: int | None = None) -> di
     _add_per_model(rows, per_model)
     confidences = _confidences(forget)
     del forget
-    epsilons = add_many_model_metrics(rows, confidences, workers)
+    epsilons = add_many_model_metrics(rows, confidences, workers, bootstrap)
     staging = Path(tempfile.mkdtemp(prefix="unlearn-assemble-"))
     tables = staging / "tables"
-    header, body = build_table(rows, extra=_config_columns(store))
+    header, body = build_table(rows, extra=list(config.get("table_columns", [])))
     markdown = write_table(tables, "results", header, body)
     mia_header, mia_body = build_mia_table(rows)
     mia_markdown = ""

@@ -225,11 +225,16 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
-    from pipelines.run import quickstart_config_path, run_experiment
+    from pathlib import Path
 
-    path = getattr(args, "config", None) or quickstart_config_path()
-    config = load_config(path)
+    from pipelines.config import load_config
+
+    # the bundled config's path, without importing pipelines.run (Ray, MLflow): a bad
+    # config is refused before those imports
+    quickstart = Path(__file__).parent / "configs" / "quickstart.yaml"
+    config = load_config(getattr(args, "config", None) or quickstart)
+    from pipelines.run import run_experiment
+
     run_experiment(config, smoke=args.smoke, tracking_uri=args.tracking_uri,
                    results_dir=args.results, address=args.address, num_cpus=args.num_cpus)
     return 0
@@ -271,6 +276,10 @@ def _add_tables(sub: argparse._SubParsersAction) -> None:
                        epilog="Example: unlearn tables results/quickstart-digits-class3  "
                               "or  unlearn tables s3://bucket/prefix/quickstart-digits-class3")
     p.add_argument("results_dir", help="an experiment's results folder or URI")
+    p.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                   help="bootstrap replicates of the forget quality's interval (default: the "
+                        "config's metrics.fscore_bootstrap, 50; 0: none; each costs one "
+                        "scoring of every forget example per row)")
     p.set_defaults(func=cmd_tables)
 
 
@@ -282,7 +291,9 @@ def cmd_tables(args: argparse.Namespace) -> int:
     from pipelines.store import ResultsStore
 
     store = ResultsStore.open(args.results_dir)
-    assembled = assemble(store)
+    if args.bootstrap is not None and args.bootstrap < 0:
+        raise UserInputError(f"--bootstrap {args.bootstrap}: expected 0 or more")
+    assembled = assemble(store, bootstrap=args.bootstrap)
     print(assembled["markdown"])
     print(f"tables {store.store.url('tables')}")
     for path in assembled["plots"]:

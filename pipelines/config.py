@@ -1,19 +1,32 @@
 """Experiment config: one YAML file in, validated on load.
 
 Unknown keys, wrong types and impossible values are refused with the field's
-path (``methods.1.trials``) and what is accepted. ``--smoke`` shrinks a config
-to seconds on 2 CPUs (few references, one trial, two replicates, few epochs).
+path (``methods.1.trials``) and what is accepted. A method's ``fixed`` hparams and
+``space`` domains are checked against the ranges its Hparams fields declare
+(``methods.0.fixed.lr``), so a bad value is refused here, before anything trains.
+``--smoke`` shrinks a config to seconds on 2 CPUs (few references, one trial, two
+replicates, few epochs).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from unlearn_core.data.datasets import dataset_names
 from unlearn_core.data.forget import parse_forget_spec
@@ -21,11 +34,11 @@ from unlearn_core.errors import UserInputError
 from unlearn_core.methods import (
     get_method,
     is_zero_glance,
-    make_hparams,
     method_names,
     reports_epochs,
 )
 from unlearn_core.models import model_names
+from unlearn_core.search import Range, domain_from_spec, field_ranges
 from unlearn_core.train.recipe import OPTIMIZERS, SCHEDULES
 
 SEARCH_ALGORITHMS = ("random", "grid", "optuna", "asha")
@@ -141,23 +154,59 @@ class MethodConfig(Strict):
             raise ValueError(f"unknown method {value!r}; accepted: {method_names()}")
         return value
 
+    @field_validator("fixed")
+    @classmethod
+    def fixed_in_range(cls, fixed: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Every fixed hparam is a field of the method and lies in its declared range."""
+        if "name" not in info.data:  # unknown method: refused under its name
+            return fixed
+        method = info.data["name"]
+        ranges = field_ranges(get_method(method).Hparams)
+        errors, checked = [], {}
+        for key, value in fixed.items():
+            if key not in ranges:
+                errors.append((key, _unknown_hparam(method, ranges), value))
+                continue
+            declared = ranges[key]
+            value = _coerce(declared, value)
+            problem = declared.problem(value) if declared is not None else None
+            if problem:
+                errors.append((key, f"{method}.{key}: {problem}", value))
+            checked[key] = value
+        if errors:
+            raise _located_errors(errors)
+        return checked
+
+    @field_validator("space")
+    @classmethod
+    def space_well_formed(cls, space: dict[str, dict[str, Any]], info: ValidationInfo
+                          ) -> dict[str, dict[str, Any]]:
+        """Every domain has the right form and arity, low < high (low > 0 for loguniform),
+        and draws only values inside the field's declared range."""
+        if "name" not in info.data:
+            return space
+        method = info.data["name"]
+        ranges = field_ranges(get_method(method).Hparams)
+        errors = []
+        for key, spec in space.items():
+            if key not in ranges:
+                errors.append((key, _unknown_hparam(method, ranges), spec))
+                continue
+            try:
+                domain = domain_from_spec(spec)
+            except ValueError as err:
+                errors.append((key, str(err), spec))
+                continue
+            declared = ranges[key]
+            problem = declared.domain_problem(domain) if declared is not None else None
+            if problem:
+                errors.append((key, f"{method}.{key}: {problem}", spec))
+        if errors:
+            raise _located_errors(errors)
+        return space
+
     @model_validator(mode="after")
-    def fields_exist(self) -> MethodConfig:
-        try:
-            make_hparams(self.name, self.fixed)
-        except (UserInputError, TypeError) as err:
-            raise ValueError(f"fixed: {err}") from None
-        hparams = set(get_method(self.name).Hparams.__dataclass_fields__)
-        unknown = sorted(set(self.space) - hparams)
-        if unknown:
-            raise ValueError(
-                f"space: unknown hparam(s) {unknown} of {self.name}; accepted: {sorted(hparams)}"
-            )
-        for key, spec in self.space.items():
-            if len(spec) != 1 or next(iter(spec)) not in DOMAIN_KINDS:
-                raise ValueError(
-                    f"space.{key}: expected one of {{{', '.join(DOMAIN_KINDS)}: ...}}, got {spec}"
-                )
+    def asha_needs_epochs(self) -> MethodConfig:
         if self.search == "asha" and not reports_epochs(self.name):
             reporting = [m for m in method_names() if reports_epochs(m)]
             raise ValueError(
@@ -167,7 +216,31 @@ class MethodConfig(Strict):
         return self
 
 
-DOMAIN_KINDS = ("uniform", "loguniform", "randint", "choice")
+def _unknown_hparam(method: str, ranges: dict) -> str:
+    return f"unknown hparam of {method}; accepted: {sorted(ranges)}"
+
+
+def _coerce(declared: Range | None, value: Any) -> Any:
+    """A number written as text for a float hparam -> the number (YAML 1.1 reads 1e-4 as a
+    string; pydantic's own float fields accept it too)."""
+    if declared is not None and declared.kind == "float" and not declared.sequence \
+            and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
+    return value
+
+
+def _located_errors(errors: list[tuple[str, str, Any]]) -> ValidationError:
+    """One error per hparam, located under it (``methods.0.fixed.lr``), for a field
+    validator of a dict of hparams to raise."""
+    return ValidationError.from_exception_data("hparams", [
+        InitErrorDetails(type=PydanticCustomError("hparam", "{message}", {"message": message}),
+                         loc=(key,), input=value)
+        for key, message, value in errors
+    ])
 
 
 class ObjectiveConfig(Strict):
@@ -205,6 +278,9 @@ class MetricsConfig(Strict):
     distance: bool = True
     # references that get these metrics too (the retrain row); each costs a relearn run
     references: int = Field(4, ge=0)
+    # bootstrap replicates of the forget quality's interval (methods.json, MLflow); each
+    # rescores every forget example once (0: no interval). Override: unlearn tables --bootstrap
+    fscore_bootstrap: int = Field(50, ge=0)
 
 
 class SmokeConfig(Strict):

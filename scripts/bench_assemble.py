@@ -185,10 +185,13 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def time_tables(experiment_dir: Path) -> tuple[float, float, float, float, str]:
+def time_tables(experiment_dir: Path, bootstrap: int | None = None
+                ) -> tuple[float, float, float, float, str]:
     """(wall s, CPU s, ru_maxrss MB of the largest process, sampled tree-sum peak MB,
     stdout) of one ``unlearn tables`` subprocess (CPU and RSS include its workers)."""
     command = [sys.executable, "-m", "pipelines.cli", "tables", str(experiment_dir)]
+    if bootstrap is not None:
+        command += ["--bootstrap", str(bootstrap)]
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
@@ -231,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random-forget", action="store_true",
                     help="no class-wise manifest (the test split is then not read)")
     ap.add_argument("--runs", type=int, default=1, help="timed `unlearn tables` runs")
+    ap.add_argument("--bootstrap", default="default",
+                    help="comma-separated F-score bootstrap counts, one timed run each "
+                         "('default': the config's, 50), e.g. default,0")
     args = ap.parse_args(argv)
 
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-assemble-"))
@@ -252,13 +258,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{experiment_dir} in {time.perf_counter() - start:.1f} s")
     print(f"cpus {os.cpu_count()}  command: {sys.executable} -m pipelines.cli tables "
           f"{experiment_dir}")
-    for run in range(args.runs):
+    counts = [None if b == "default" else int(b) for b in args.bootstrap.split(",")]
+    for run, bootstrap in ((r, b) for r in range(args.runs) for b in counts):
         load = os.getloadavg()[0]
-        wall, cpu, maxrss, tree_peak, stdout = time_tables(experiment_dir)
-        if run == 0:
+        wall, cpu, maxrss, tree_peak, stdout = time_tables(experiment_dir, bootstrap)
+        if run == 0 and bootstrap == counts[0]:
             print(stdout.rstrip())
         ok = "OK" if wall <= TARGET_S and max(maxrss, tree_peak) <= TARGET_MB else "MISSED"
-        print(f"run {run + 1}: models {n_models} (refs {args.models_refs}, unlearned "
+        boot = "config's (50)" if bootstrap is None else bootstrap
+        print(f"run {run + 1}, bootstrap {boot}: models {n_models} (refs {args.models_refs}, "
+              f"unlearned "
               f"{args.models_unlearned}), rows {rows:,}, wall {wall:.1f} s (target "
               f"<= {TARGET_S:.0f}; CPU {cpu:.0f} s, load before {load:.1f}), peak RSS "
               f"{maxrss:.0f} MB largest process / "

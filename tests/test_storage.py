@@ -85,3 +85,31 @@ def test_results_store_models_and_trials(tmp_path):
     assert [t["trial_key"] for t in results.trials()] == ["k"]
     with pytest.raises(UserInputError, match="no experiment"):
         ResultsStore.open(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+def test_results_store_on_s3_update_recording_and_outputs(s3_env, tmp_path):
+    """A worker on another node gets the source's update recording from the bucket (a node
+    cache), and a model's files round-trip through S3."""
+    from tests.conftest import recorded_source
+    from unlearn_core.outputs import outputs_table, read_output_files, split_logits
+    from unlearn_core.train.recorder import RecordedUpdates
+
+    ds, manifest, _, source, recording = recorded_source(tmp_path / "rec", epochs=1)
+    results = ResultsStore.create(f"s3://{s3_env}/r", "exp")
+    assert not results.updates_done("src")
+    results.put_updates("src", tmp_path / "rec")
+    assert results.updates_done("src") and results.updates_bytes("src") > 0
+    local = results.local_updates("src")
+    assert local != tmp_path / "rec" and str(local).startswith("/")
+    copy = RecordedUpdates(local)
+    assert len(copy.batch_ids) == len(recording.batch_ids)
+
+    table = outputs_table(split_logits(source, ds, manifest), method="source",
+                          hparams_hash="", seed=0, model_id="src")
+    results.write_outputs(table, "source", "src")
+    path = results.store.path(results.outputs_rel("source", "src"))
+    forget = read_output_files(results.store.fs, [path], splits=("forget",),
+                               columns=("model_id", "split", "sample_id"))
+    assert set(forget.column("split").to_pylist()) == {"forget"}
+    assert forget.num_rows == len(manifest.ids("forget"))

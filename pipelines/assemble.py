@@ -16,8 +16,7 @@ class-wise forgetting the test split is streamed too, batch by batch, into
 per-model counts of right predictions on the forgotten / retained classes
 (never all models' test logits at once).
 
-Rows are methods; columns are metrics as mean ± std over the replicates of the
-method's best config. The ``retrain`` row is the references themselves.
+The ``retrain`` row is the references themselves.
 
 Metrics that need many models are computed here from the stored forget-set
 outputs (the logit-scaled confidence of each model on each forget sample):
@@ -30,22 +29,21 @@ outputs (the logit-scaled confidence of each model on each forget sample):
   half. It needs at least 3 models in each set, else the cell is "–". 50 % =
   the attack cannot tell the method from retraining.
 
-Tables (``tables/``): ``results.{md,csv,tex}``, the main table (a column that
-is "–" in every row is dropped, except the core ones), ``mia.{md,csv,tex}``,
-every MIA score with its gap to the retrain row (seed 002, Table 1), and
-``methods.json`` (best hparams, failures, F-score and U-LiRA metrics per
-method). Plots (``plots/``) are drawn by :mod:`pipelines.plots`.
+Tables (``tables/``, built and formatted by :mod:`pipelines.tables`):
+``results.{md,csv,tex}``, the main table (a column that is "–" in every row is
+dropped, except the core ones), ``mia.{md,csv,tex}``, every MIA score with its
+gap to the retrain row (seed 002, Table 1), and ``methods.json`` (best hparams,
+failures, F-score and U-LiRA metrics per method). Plots (``plots/``) are drawn by
+:mod:`pipelines.plots`. The many-model metrics of different rows run in the
+process pool of :mod:`pipelines.tasks_pool`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +51,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from pipelines.plots import layer_names, mia_keys, write_plots
+from pipelines.plots import layer_names, write_plots
 from pipelines.store import ResultsStore
+from pipelines.tables import (
+    COLUMNS,
+    CORE_COLUMNS,
+    DASH,
+    GAP_MEAN_ATTACKS,
+    MIA_TITLES,
+    REFERENCE_ROW,
+    build_mia_table,
+    build_table,
+    drop_empty_columns,
+    extra_column,
+    mean_metric,
+    relearn_cell,
+    to_latex,
+    to_markdown,
+    write_table,
+)
+from pipelines.tasks_pool import PARALLEL_MIN_COST, Task, available_cpus, run_tasks
 from unlearn_core.data.manifest import MANIFEST_FILE
 from unlearn_core.errors import UserInputError
-from unlearn_core.io import atomic_path, atomic_write_text
+from unlearn_core.io import atomic_write_text
 from unlearn_core.metrics.accuracy import forgetting_metrics
 from unlearn_core.metrics.fscore import fscore_metrics, logit_scaled_confidence
 from unlearn_core.metrics.ulira import ulira_metrics
@@ -72,63 +88,23 @@ from unlearn_core.outputs import (
     unique_model_ids,
 )
 
-__all__ = ["COLUMNS", "CORE_COLUMNS", "MIA_TITLES", "add_class_accuracies", "add_fscores",
-           "add_many_model_metrics", "add_ulira", "assemble", "build_mia_table", "build_table",
-           "method_rows", "output_paths", "read_model_outputs", "run_tasks", "to_latex",
-           "to_markdown", "write_plots"]
+__all__ = [
+    # defined here
+    "ClassAccuracy", "add_class_accuracies", "add_fscores", "add_many_model_metrics",
+    "add_ulira", "assemble", "confidences_by_model", "forget_classes", "forget_confidences",
+    "method_rows", "output_paths", "read_model_outputs", "read_summary", "tensor_order",
+    # re-exported from pipelines.tables, pipelines.tasks_pool and pipelines.plots
+    "COLUMNS", "CORE_COLUMNS", "DASH", "GAP_MEAN_ATTACKS", "MIA_TITLES", "PARALLEL_MIN_COST",
+    "REFERENCE_ROW", "Task", "available_cpus", "build_mia_table", "build_table",
+    "drop_empty_columns", "extra_column", "mean_metric", "relearn_cell", "run_tasks", "to_latex",
+    "to_markdown", "write_plots", "write_table",
+]
 
-DASH = "–"
-REFERENCE_ROW = "retrain"
 ULIRA_MIN_MODELS = 3  # leave-one-out fits need >= 3 models per set
 READ_THREADS = 16  # concurrent small reads (JSON records, file infos): object-store latency
 CONFIDENCE_CHUNK = 64  # models per logit-scaled-confidence call (bounds float64 temporaries)
 BATCH_ROWS = 1 << 16  # rows per streamed batch
 FSCORE_BOOT = 50  # bootstrap replicates of the forget quality's interval (config default)
-# Worker processes for the many-model metrics only above this cost (in per-example
-# scorings, ~0.3 ms each: ~10 s of work); below it starting processes costs more.
-PARALLEL_MIN_COST = 30_000
-
-# (metric key, column title, scale): accuracies in %, as the papers print them.
-# Keys under fscore/ and ulira/ come from the row's many-model metrics, the rest
-# from the replicates' own metrics.
-COLUMNS = (
-    ("forget/acc", "Acc D_f", 100),
-    ("retain/acc", "Acc D_r", 100),
-    ("test/acc", "Acc D_t", 100),
-    # class-wise forgetting: held-out accuracy on the forgotten / retained classes (seed
-    # 003's A_Df and A_Dr are test accuracies); from the stored outputs
-    ("test/acc_forget_classes", "Acc D_t,f", 100),
-    ("test/acc_retain_classes", "Acc D_t,r", 100),
-    ("ua", "UA", 100),
-    ("mia/efficacy", "MIA-eff.", 100),
-    ("disparity/avg", "Avg. disp.", 100),
-    ("fscore/forget_quality", "Forget Q.", 1),
-    ("fscore/final_score", "F-score", 1),
-    ("ulira/accuracy", "U-LiRA acc.", 100),  # 50 = indistinguishable from retraining
-    ("similarity/js", "1-JS", 1),
-    ("fr", "FR", 100),  # seed 000, Eq. 15: forgetting rate
-    ("mrr", "MRR", 100),  # seed 000, Eq. 16: memory retention rate
-    ("relearn/epochs", "Relearn (ep.)", 1),  # seed 003; ">cap" when never relearned
-    ("degree/value", "Degree", 100),  # SPD-GAN unlearning degree (seed 000), in %
-    ("storage/bytes", "Storage (MB)", 1e-6),  # seed 001
-    ("storage/affected_share", "Affected (%)", 100),  # seed 001: share of affected batches
-    ("time/unlearn_s", "Time (s)", 1),
-)
-# Always shown, even when "–" in every row; any other all-"–" column is dropped.
-CORE_COLUMNS = ("Acc D_f", "Acc D_r", "Acc D_t", "UA", "MIA-eff.", "Avg. disp.", "Forget Q.",
-                "F-score")
-
-# Short titles of the MIA table's attacks (mia.py's ATTACKS); others use their name.
-MIA_TITLES = {
-    "correctness": "Correct.",
-    "confidence": "Conf.",
-    "entropy": "Entropy",
-    "modified_entropy": "M-Entropy",
-    "prob": "Prob.",
-    "loss_lr": "Loss-LR acc.",
-}
-# The four attacks seed 002 averages into its last column (mia.py's GAP_MEAN_ATTACKS).
-GAP_MEAN_ATTACKS = ("correctness", "confidence", "entropy", "prob")
 
 
 def _open(store: ResultsStore | str | Path) -> ResultsStore:
@@ -215,83 +191,6 @@ def forget_confidences(outputs: pa.Table, model_ids: Sequence[str]) -> dict[str,
     if not ordered:
         return {}
     return confidences_by_model(logits, labels, ordered)
-
-
-@dataclass(frozen=True)
-class _Task:
-    """One many-model metric of one row: ``fn(*args, **kwargs)``, a pure function of
-    arrays (so it gives the same numbers in any process). ``cost``: its size in
-    per-example F-score scorings (the unit of ``PARALLEL_MIN_COST``), to start the
-    biggest first."""
-
-    kind: str  # "fscore", "epsilons" or "ulira"
-    method: str
-    fn: Callable
-    args: tuple
-    kwargs: dict
-    cost: int
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-# A worker: reads (sys.path, pickled task) from stdin, writes the pickled result to argv[1].
-# Started as ``python -c``, so it never re-runs the caller's main module (a script without
-# an ``if __name__ == "__main__"`` guard is safe, unlike multiprocessing's spawn).
-_WORKER = (
-    "import pickle, sys\n"
-    "paths, blob = pickle.loads(sys.stdin.buffer.read())\n"
-    "sys.path[:0] = [p for p in paths if p not in sys.path]\n"
-    "fn, args, kwargs = pickle.loads(blob)\n"
-    "result = fn(*args, **kwargs)\n"
-    "with open(sys.argv[1], 'wb') as handle:\n"
-    "    pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)\n"
-)
-
-
-def _run_in_process(task: _Task) -> object:
-    """``task.fn(*task.args, **task.kwargs)`` in a fresh Python process."""
-    import pickle
-    import subprocess
-    import sys
-
-    blob = pickle.dumps((task.fn, task.args, task.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-    with tempfile.TemporaryDirectory(prefix="unlearn-task-") as folder:
-        out = Path(folder) / "result.pickle"
-        done = subprocess.run([sys.executable, "-c", _WORKER, str(out)],
-                              input=pickle.dumps((list(sys.path), blob)),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"{task.kind} of {task.method} failed in a worker process "
-                f"(exit {done.returncode}):\n{done.stderr.decode(errors='replace')[-4000:]}")
-        return pickle.loads(out.read_bytes())
-
-
-def run_tasks(tasks: Sequence[_Task], workers: int | None = None) -> list:
-    """Each task's result, in order. The metrics of different rows are independent, so
-    they may run in ``workers`` processes at once (fresh ``python -c`` processes, the
-    biggest tasks first); ``None`` = one per available CPU, but only when the work is big
-    enough to pay for starting them (``PARALLEL_MIN_COST``). Every number is the same as
-    in one process: each task is a deterministic function of its arrays (the bootstrap
-    draws from its own fixed seed)."""
-    total = sum(t.cost for t in tasks)
-    if workers is None:
-        workers = available_cpus() if total >= PARALLEL_MIN_COST else 1
-    workers = min(workers, len(tasks))
-    if workers <= 1:
-        return [t.fn(*t.args, **t.kwargs) for t in tasks]
-    order = sorted(range(len(tasks)), key=lambda i: -tasks[i].cost)  # biggest first
-    results: list = [None] * len(tasks)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {i: pool.submit(_run_in_process, tasks[i]) for i in order}
-        for i, future in futures.items():
-            results[i] = future.result()
-    return results
 
 
 def _stack(confidences: dict[str, np.ndarray], ids: Sequence[str]) -> np.ndarray | None:
@@ -460,13 +359,14 @@ def _confidences(forget: pa.Table) -> dict[str, np.ndarray]:
 
 
 def _fscore_tasks(rows: dict[str, dict], confidences: dict[str, np.ndarray],
-                  n_boot: int = FSCORE_BOOT) -> list[_Task]:
+                  n_boot: int = FSCORE_BOOT) -> list[Task]:
     """Per row with >= 2 models: its F-score metrics and its per-example ε."""
     from unlearn_core.metrics.fscore import per_example_epsilons
 
     ref_ids = [i for i in rows[REFERENCE_ROW]["model_ids"] if i in confidences]
     refs = rows[REFERENCE_ROW]["metrics"]
-    ref_acc = {"retain_acc_r": _mean(refs, "retain/acc"), "test_acc_r": _mean(refs, "test/acc")}
+    ref_acc = {"retain_acc_r": mean_metric(refs, "retain/acc"),
+               "test_acc_r": mean_metric(refs, "test/acc")}
     tasks = []
     for method, row in rows.items():
         present = {**row, "model_ids": [i for i in row["model_ids"] if i in confidences]}
@@ -475,19 +375,19 @@ def _fscore_tasks(rows: dict[str, dict], confidences: dict[str, np.ndarray],
             continue  # the ε of one model against one model is not defined
         u = _stack(confidences, unlearned_ids)
         r = _stack(confidences, retrained_ids)
-        accuracies = {**ref_acc, "retain_acc_u": _mean(row["metrics"], "retain/acc"),
-                      "test_acc_u": _mean(row["metrics"], "test/acc")}
+        accuracies = {**ref_acc, "retain_acc_u": mean_metric(row["metrics"], "retain/acc"),
+                      "test_acc_u": mean_metric(row["metrics"], "test/acc")}
         # cost ~ examples x scorings (the bootstrap rescores n_boot times); the per-example
         # work hardly grows with the model count, which only breaks ties (biggest first)
         n_models, n_examples = u.shape
-        tasks.append(_Task("fscore", method, fscore_metrics, (u, r, accuracies),
+        tasks.append(Task("fscore", method, fscore_metrics, (u, r, accuracies),
                            {"n_boot": n_boot}, n_examples * (n_boot + 1) + n_models))
-        tasks.append(_Task("epsilons", method, per_example_epsilons, (u, r), {},
+        tasks.append(Task("epsilons", method, per_example_epsilons, (u, r), {},
                            n_examples + n_models))
     return tasks
 
 
-def _ulira_tasks(rows: dict[str, dict], confidences: dict[str, np.ndarray]) -> list[_Task]:
+def _ulira_tasks(rows: dict[str, dict], confidences: dict[str, np.ndarray]) -> list[Task]:
     """Per row where both sets hold >= 3 models: its U-LiRA metrics."""
     ref_ids = [i for i in rows[REFERENCE_ROW]["model_ids"] if i in confidences]
     tasks = []
@@ -497,11 +397,11 @@ def _ulira_tasks(rows: dict[str, dict], confidences: dict[str, np.ndarray]) -> l
         if min(len(unlearned_ids), len(retrained_ids)) < ULIRA_MIN_MODELS:
             continue
         u, r = _stack(confidences, unlearned_ids), _stack(confidences, retrained_ids)
-        tasks.append(_Task("ulira", method, ulira_metrics, (u, r), {}, u.shape[1]))
+        tasks.append(Task("ulira", method, ulira_metrics, (u, r), {}, u.shape[1]))
     return tasks
 
 
-def _apply(rows: dict[str, dict], tasks: list[_Task], results: list) -> dict[str, np.ndarray]:
+def _apply(rows: dict[str, dict], tasks: list[Task], results: list) -> dict[str, np.ndarray]:
     """Store each task's result in its row; return the per-example ε per method, in row
     order."""
     epsilons = {}
@@ -539,156 +439,6 @@ def add_many_model_metrics(rows: dict[str, dict], confidences: dict[str, np.ndar
     """``add_fscores`` and ``add_ulira`` as one batch of tasks (one process pool)."""
     tasks = _fscore_tasks(rows, confidences, n_boot) + _ulira_tasks(rows, confidences)
     return _apply(rows, tasks, run_tasks(tasks, workers))
-
-
-def _mean(metrics: list[dict], key: str) -> float:
-    values = [m[key] for m in metrics if m.get(key) is not None and np.isfinite(m[key])]
-    return float(np.mean(values)) if values else float("nan")
-
-
-# --------------------------------------------------------------------------
-# cells and tables
-
-
-def _finite(values) -> list[float]:
-    return [float(v) for v in values if v is not None and np.isfinite(v)]
-
-
-def _cell(values: list[float], scale: float) -> str:
-    values = [v * scale for v in _finite(values)]
-    if not values:
-        return DASH
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
-
-
-def relearn_cell(metrics: list[dict]) -> str:
-    """Relearn time in epochs (seed 003): mean ± std; ">cap" when no replicate relearned
-    within the cap, a leading "≥" when some did not (their epochs count as the cap)."""
-    done = [m for m in metrics if _finite([m.get("relearn/epochs")])]
-    if not done:
-        return DASH
-    reached = [float(m.get("relearn/reached", 1.0)) >= 0.5 for m in done]
-    epochs = [float(m["relearn/epochs"]) for m in done]
-    if not any(reached):
-        caps = _finite(m.get("relearn/cap") for m in done)
-        return f">{max(caps or epochs):g}"
-    text = _cell(epochs, 1)
-    return text if all(reached) else f"≥ {text}"
-
-
-def _row_cell(row: dict, key: str, scale: float) -> str:
-    family = key.split("/", 1)[0]
-    if family in ("fscore", "ulira"):
-        value = row.get(family, {}).get(key)
-        return _cell([value], scale) if value is not None else DASH
-    if key == "relearn/epochs":
-        return relearn_cell(row["metrics"])
-    return _cell([m.get(key) for m in row["metrics"]], scale)
-
-
-def drop_empty_columns(header: list[str], body: list[list[str]],
-                       keep: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
-    """Drop columns that are "–" in every row, except the first two and those in ``keep``."""
-    columns = [j for j, title in enumerate(header)
-               if j < 2 or title in keep or any(r[j] != DASH for r in body)]
-    return [header[j] for j in columns], [[r[j] for j in columns] for r in body]
-
-
-def extra_column(key: str) -> tuple[str, str, float]:
-    """A column the config asks for by metric key (``table_columns``); accuracies in %."""
-    scale = 100 if "/acc" in key or key in ("ua", "fr", "mrr") else 1
-    return key, key, scale
-
-
-def build_table(rows: dict[str, dict], *, drop_empty: bool = True,
-                extra: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
-    """The main table: Method, n, COLUMNS, then ``extra`` metric keys (all-"–" non-core
-    columns dropped)."""
-    columns = list(COLUMNS) + [extra_column(k) for k in extra]
-    header = ["Method", "n"] + [title for _, title, _ in columns]
-    body = [[method, str(len(row["metrics"]))]
-            + [_row_cell(row, key, scale) for key, _, scale in columns]
-            for method, row in rows.items()]
-    if drop_empty:
-        return drop_empty_columns(header, body, CORE_COLUMNS)
-    return header, body
-
-
-def _gap_cell(row: dict, key: str, reference: float, is_reference: bool) -> str:
-    if is_reference or not np.isfinite(reference):
-        return DASH
-    return _cell([abs(v - reference) for v in _finite(m.get(key) for m in row["metrics"])], 100)
-
-
-def build_mia_table(rows: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
-    """Every MIA score per method and its gap to retrain (seed 002, Table 1), in %.
-
-    Per attack two columns, "<title>" (``mia/{attack}/efficacy``, or the loss-LR
-    attack's ``mia/loss_lr/accuracy``) and "<title> gap": per replicate
-    |value − mean over the references|, then mean ± std over replicates (the
-    ``mia/{attack}/gap`` of ``mia_gaps``); "Mean gap" averages the gaps of
-    correctness, confidence, entropy and prob per replicate. The retrain row's
-    gaps are "–". Columns without any value are dropped.
-    """
-    keys = mia_keys(rows)
-    reference = rows.get(REFERENCE_ROW, {"metrics": []})["metrics"]
-    ref_means = {key: _mean(reference, key) for key, _ in keys}
-    header = ["Method", "n"]
-    for key, _ in keys:
-        title = MIA_TITLES.get(key.split("/")[1], key.split("/")[1])
-        header += [title, f"{title.removesuffix(' acc.')} gap"]
-    four = [f"mia/{a}/efficacy" for a in GAP_MEAN_ATTACKS]
-    header.append("Mean gap")
-    body = []
-    for method, row in rows.items():
-        is_reference = method == REFERENCE_ROW
-        cells = [method, str(len(row["metrics"]))]
-        for key, _ in keys:
-            cells.append(_cell([m.get(key) for m in row["metrics"]], 100))
-            cells.append(_gap_cell(row, key, ref_means[key], is_reference))
-        mean_gaps = []
-        if not is_reference and all(np.isfinite(ref_means.get(k, np.nan)) for k in four):
-            for m in row["metrics"]:
-                gaps = [abs(m[k] - ref_means[k]) for k in four if _finite([m.get(k)])]
-                if len(gaps) == len(four):
-                    mean_gaps.append(float(np.mean(gaps)))
-        cells.append(_cell(mean_gaps, 100))
-        body.append(cells)
-    return drop_empty_columns(header, body)
-
-
-def to_markdown(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
-    return "\n".join(lines) + "\n"
-
-
-def to_latex(header: list[str], body: list[list[str]]) -> str:
-    def esc(text: str) -> str:
-        for old, new in (("_", r"\_"), ("%", r"\%"), ("±", r"$\pm$"), ("≥", r"$\geq$"),
-                         (">", r"$>$")):
-            text = text.replace(old, new)
-        return text
-
-    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
-             " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-    lines += [" & ".join(esc(c) for c in r) + r" \\" for r in body]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
-def write_table(folder: Path, name: str, header: list[str], body: list[list[str]]) -> str:
-    """Write ``name``.md, .tex and .csv into ``folder``; return the Markdown."""
-    markdown = to_markdown(header, body)
-    atomic_write_text(folder / f"{name}.md", markdown)
-    atomic_write_text(folder / f"{name}.tex", to_latex(header, body))
-    with atomic_path(folder / f"{name}.csv") as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(body)
-    return markdown
 
 
 def tensor_order(store: ResultsStore, summary: dict) -> list[str] | None:

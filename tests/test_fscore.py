@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+from unlearn_core.metrics import _fscore_batched as fsb
 from unlearn_core.metrics import fscore as fs
 from unlearn_core.metrics.fscore import (
     DELTA,
@@ -183,12 +184,12 @@ def test_batched_identical_to_per_example_loop(n_models):
     assert np.array_equal(per_example_epsilons(u, r), loop)
     # Other batch and bucket sizes (a batch of 7 splits the regimes across batches).
     for batch, buckets in ((7, 64), (1000, 4096)):
-        old = fs._BATCH, fs._BUCKETS
-        fs._BATCH, fs._BUCKETS = batch, buckets
+        old = fsb._BATCH, fsb._BUCKETS
+        fsb._BATCH, fsb._BUCKETS = batch, buckets
         try:
             assert np.array_equal(per_example_epsilons(u[:, :400], r[:, :400]), loop[:400])
         finally:
-            fs._BATCH, fs._BUCKETS = old
+            fsb._BATCH, fsb._BUCKETS = old
 
 
 def test_batched_matches_reference_on_hard_cases():

@@ -112,8 +112,8 @@ class RunLock:
             holder = self._read()
             if holder is not None and holder.get("token") == self.token:
                 self.store.delete(LOCK_FILE)
-        except OSError:
-            pass  # the lease runs out on its own
+        except OSError:  # the store is unreachable now: the lease runs out on its own
+            return
 
     def __enter__(self) -> RunLock:
         self.acquire()

@@ -225,14 +225,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from pipelines.config import load_config, quickstart_config_path
 
-    from pipelines.config import load_config
-
-    # the bundled config's path, without importing pipelines.run (Ray, MLflow): a bad
-    # config is refused before those imports
-    quickstart = Path(__file__).parent / "configs" / "quickstart.yaml"
-    config = load_config(getattr(args, "config", None) or quickstart)
+    # loaded before pipelines.run is imported (Ray, MLflow): a bad config is refused first
+    config = load_config(getattr(args, "config", None) or quickstart_config_path())
     from pipelines.run import run_experiment
 
     run_experiment(config, smoke=args.smoke, tracking_uri=args.tracking_uri,

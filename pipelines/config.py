@@ -387,6 +387,11 @@ def parse_config(data: Any, source: str = "config") -> ExperimentConfig:
         raise UserInputError(_format_errors(err, source)) from None
 
 
+def quickstart_config_path() -> Path:
+    """The bundled quickstart config (``unlearn quickstart``)."""
+    return Path(__file__).parent / "configs" / "quickstart.yaml"
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     path = Path(path)
     if not path.is_file():

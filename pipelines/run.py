@@ -31,7 +31,6 @@ from pipelines.sweep import (
     probe_salt,
     replicate,
     sweep_method,
-    trial_key,
 )
 from pipelines.tracking import Tracker, absolute_tracking_uri, check_tracking_uri, git_commit
 from unlearn_core.data.datasets import load_dataset
@@ -69,7 +68,7 @@ class _Bar:
 
 
 def _init_ray(address: str | None, num_cpus: int | None,
-              worker_env: dict[str, str] | None = None) -> None:
+              env_vars: dict[str, str] | None = None) -> None:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Our own stage lines and progress bars replace Tune's tables and banners.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -84,7 +83,7 @@ def _init_ray(address: str | None, num_cpus: int | None,
         return
     # Workers on other nodes reach the results store as the driver does: the S3
     # variables travel in the job's environment (never in a file).
-    runtime_env = {"env_vars": worker_env} if worker_env else None
+    runtime_env = {"env_vars": env_vars} if env_vars else None
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
@@ -270,11 +269,10 @@ def _run_locked(config: ExperimentConfig, store: ResultsStore, uri: str, smoke: 
         if lost:
             _say(f"[replicate] {len(lost)} replicate(s) lost to infrastructure failures; "
                  "the table leaves them out (re-run to retry)")
-        replicate_keys = {name: [trial_key(source.key, name, hp, seed, salt)
-                                 for seed in range(config.replicates)]
-                          for name, hp in best.items() if hp is not None}
-        replicate_keys = {name: [k for k in keys if k not in lost]
-                          for name, keys in replicate_keys.items()}
+        replicate_keys = {name: [] for name, hp in best.items() if hp is not None}
+        for record in records:  # in job order: method, then seed
+            if record["status"] != "lost":
+                replicate_keys[record["method"]].append(record["trial_key"])
 
         order = [m.name for m in config.methods]
         if REFERENCE_METHOD not in order:
@@ -313,7 +311,3 @@ def _device(config: ExperimentConfig) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def quickstart_config_path() -> Path:
-    return Path(__file__).parent / "configs" / "quickstart.yaml"

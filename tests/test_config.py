@@ -5,8 +5,7 @@ import re
 import pytest
 import yaml
 
-from pipelines.config import load_config, parse_config
-from pipelines.run import quickstart_config_path
+from pipelines.config import load_config, parse_config, quickstart_config_path
 from pipelines.tune_space import domain_from_config, merged_space, to_tune
 from unlearn_core.errors import UserInputError
 from unlearn_core.search import Choice, IntUniform, LogUniform, Uniform

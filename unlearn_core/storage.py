@@ -218,27 +218,25 @@ class Store:
 
     def list(self, rel: str = "", suffix: str = "", recursive: bool = False) -> list[str]:
         """Relative paths of the committed files under ``rel`` (temporary names skipped)."""
+        prefix = self.base + "/"
+        return sorted(info.path[len(prefix):] if info.path.startswith(prefix) else info.path
+                      for info in self._files(rel, recursive)
+                      if not suffix or info.base_name.endswith(suffix))
+
+    def _files(self, rel: str, recursive: bool) -> list[pafs.FileInfo]:
+        """Infos of the committed files under ``rel`` (no part of the path named ``.*``)."""
         root = self.path(rel)
         selector = pafs.FileSelector(root, allow_not_found=True, recursive=recursive)
-        prefix = self.base + "/"
-        out = []
-        for info in self.fs.get_file_info(selector):
-            below = info.path[len(root) + 1:]  # hidden: any part named ".*" (temporary)
-            if info.type != pafs.FileType.File or \
-                    any(part.startswith(".") for part in below.split("/")):
-                continue
-            if suffix and not info.base_name.endswith(suffix):
-                continue
-            out.append(info.path[len(prefix):] if info.path.startswith(prefix) else info.path)
-        return sorted(out)
+        return [info for info in self.fs.get_file_info(selector)
+                if info.type == pafs.FileType.File
+                and not any(part.startswith(".") for part in info.path[len(root) + 1:].split("/"))]
 
     def size(self, rel: str = "") -> int:
         """Bytes of a file, or of every file under a folder."""
         info = self.fs.get_file_info(self.path(rel))
         if info.type == pafs.FileType.File:
             return int(info.size)
-        return sum(int(self.fs.get_file_info(self.path(p)).size)
-                   for p in self.list(rel, recursive=True))
+        return sum(int(i.size) for i in self._files(rel, recursive=True))
 
     # ------------------------------------------------------------------ folders
 

@@ -32,7 +32,7 @@ from pipelines.sweep import (
     replicate,
     sweep_method,
 )
-from pipelines.tracking import Tracker, absolute_tracking_uri, check_tracking_uri, git_commit
+from pipelines.tracking import Tracker, absolute_tracking_uri, git_commit
 from unlearn_core.data.datasets import load_dataset
 from unlearn_core.data.manifest import SplitOptions, make_manifest
 from unlearn_core.methods import requirements
@@ -137,13 +137,16 @@ def run_experiment(
     store = ResultsStore.create(results_dir or config.results_dir, config.name)
     uri = absolute_tracking_uri(tracking_uri or config.tracking_uri
                                 or _default_tracking_uri(store), Path.cwd())
-    check_tracking_uri(uri)  # an unreachable server fails now, not after training
+    # made first: it checks the URI, so an unreachable server fails now, not after training
+    tracker = Tracker(uri, config.name, {"git_commit": git_commit(),
+                                         "config_hash": config.config_hash()})
     with RunLock(store.store):
-        return _run_locked(config, store, uri, smoke, address, num_cpus, started)
+        return _run_locked(config, store, tracker, smoke, address, num_cpus, started)
 
 
-def _run_locked(config: ExperimentConfig, store: ResultsStore, uri: str, smoke: bool,
+def _run_locked(config: ExperimentConfig, store: ResultsStore, tracker: Tracker, smoke: bool,
                 address: str | None, num_cpus: int | None, started: float) -> dict:
+    uri = tracker.uri
     _say(f"[prepare] {config.dataset.name}, forget {config.forget}")
     dataset = load_dataset(config.dataset.name, root=config.dataset.root,
                            download=config.dataset.download, **config.dataset.options)
@@ -158,9 +161,7 @@ def _run_locked(config: ExperimentConfig, store: ResultsStore, uri: str, smoke: 
     _say(f"[prepare] manifest {manifest.hash}: " + " ".join(f"{k}={v}" for k, v in
                                                             sizes.items() if v))
 
-    tracker = Tracker(uri, config.name, {"git_commit": git_commit(),
-                                         "manifest_hash": manifest.hash,
-                                         "config_hash": config.config_hash()})
+    tracker.tags["manifest_hash"] = manifest.hash  # on every run made from here on
     env = {} if store.store.is_local else worker_env()
 
     def ensure_ray() -> None:  # started only when there is work for it

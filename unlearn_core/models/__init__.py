@@ -36,23 +36,47 @@ vit_small       21,342,346          384
 
 from __future__ import annotations
 
+import importlib
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from torch import nn
 
 from ..errors import UserInputError
-from . import resnet, small, vit, zoo
 from ._common import Classifier
 
 __all__ = ["MODELS", "Classifier", "create_model", "model_names"]
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    **small.BUILDERS,
-    **resnet.BUILDERS,
-    **zoo.BUILDERS,
-    **vit.BUILDERS,
+# Model name -> the file that builds it. Files are imported on first use: the
+# torchvision-based ones cost ~1.3 s of imports (torchvision pulls in torch._dynamo),
+# paid by every CLI call and every Ray worker otherwise, for runs that use an MLP.
+# tests/test_models.py checks this table against each file's BUILDERS.
+_MODULE_OF: dict[str, str] = {
+    **dict.fromkeys(("mlp", "convnet", "lenet", "alexnet", "allcnn"), "small"),
+    **dict.fromkeys(("resnet9", "resnet18", "resnet50"), "resnet"),
+    **dict.fromkeys(("vgg16_bn", "densenet121", "googlenet", "mobilenet_v2"), "zoo"),
+    "vit_small": "vit",
 }
+
+
+class _LazyBuilders(Mapping[str, Callable[..., nn.Module]]):
+    """``name -> builder``, importing a builder's file only when it is looked up."""
+
+    def __getitem__(self, name: str) -> Callable[..., nn.Module]:
+        module = importlib.import_module(f"{__name__}.{_MODULE_OF[name]}")
+        return module.BUILDERS[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_MODULE_OF)
+
+    def __len__(self) -> int:
+        return len(_MODULE_OF)
+
+    def __contains__(self, name: object) -> bool:
+        return name in _MODULE_OF
+
+
+MODELS: Mapping[str, Callable[..., nn.Module]] = _LazyBuilders()
 
 MIN_IMAGE_SIZE = 8  # sklearn digits; the stems above are checked down to this size
 

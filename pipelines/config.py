@@ -114,6 +114,17 @@ class ReferencesConfig(Strict):
     # True: all workers train each model together (data-parallel: each takes 1/workers of
     # every batch, gradients summed; one large model); False: each trains its own models.
     data_parallel: bool = False
+    # Pool mode: references trained at once in one task, stacked with torch.func
+    # (unlearn_core/train/stacked.py). 0: auto (spread over the pool's free slots, capped by
+    # the worker's memory); 1: one at a time; K: packs of at most K models.
+    pack: int = Field(0, ge=0, le=4096)
+
+    @model_validator(mode="after")
+    def pack_without_data_parallel(self) -> ReferencesConfig:
+        if self.data_parallel and self.pack > 1:
+            raise ValueError("references.pack > 1 stacks several models in one pool task; "
+                             "data_parallel trains each model across all workers: set one")
+        return self
 
 
 class ResourcesConfig(Strict):
@@ -244,8 +255,20 @@ def _located_errors(errors: list[tuple[str, str, Any]]) -> ValidationError:
 
 
 class ObjectiveConfig(Strict):
+    """What each method's sweep optimises (its best config is replicated).
+
+    ``metric`` may read every split. Zero-glance methods (seed 003) may not read D_f,
+    nor may the objective that tunes them, so for them ``zero_glance`` decides:
+    ``heldout`` (default) sweeps them on held-out test accuracy only: forgotten classes
+    toward 0, retained classes toward the source's (``heldout/disparity`` when ``mode``
+    is min, ``heldout/score`` = 1 − it when max; pipelines/evaluate.py
+    ``heldout_metrics``); ``fixed`` runs one config, the method's defaults (seed 003's
+    values) plus its ``fixed``, without a search. The reported metrics still evaluate D_f.
+    """
+
     metric: str = "disparity/avg"  # default: average disparity to the references (seed 004)
     mode: Literal["min", "max"] = "min"
+    zero_glance: Literal["heldout", "fixed"] = "heldout"
 
 
 class RelearnConfig(Strict):

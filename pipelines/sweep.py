@@ -27,6 +27,7 @@ every rung finish.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 import traceback
@@ -35,7 +36,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from pipelines.evaluate import ReferenceSummary, compared_metrics, model_metrics
+from pipelines.evaluate import (
+    HELDOUT_OBJECTIVE,
+    ReferenceSummary,
+    compared_metrics,
+    heldout_metrics,
+    model_metrics,
+)
 from pipelines.keys import normalise_hparams, stable_hash
 from pipelines.probes import ProbeSettings, probe_model
 from pipelines.store import ResultsStore
@@ -46,9 +53,10 @@ from unlearn_core.methods import (
     get_method,
     is_zero_glance,
     make_hparams,
+    needs_retrain_model,
     requirements,
 )
-from unlearn_core.methods.task import StopUnlearning, make_task
+from unlearn_core.methods.task import ForgetSetAccessError, StopUnlearning, make_task
 from unlearn_core.outputs import outputs_table, split_logits
 from unlearn_core.search import grid_configs, sample_configs
 from unlearn_core.train.recipe import Recipe
@@ -79,6 +87,9 @@ class SweepContext:
         default_factory=lambda: ProbeSettings(distance=False, relearn=False, degree=False))
     # Tune restarts a trial lost to infrastructure (worker/node death) this many times
     max_retries: int = 3
+    # objective.zero_glance: how zero-glance methods are tuned without reading D_f,
+    # "heldout" (held-out test metrics) or "fixed" (one config, no search)
+    zero_glance_objective: str = "heldout"
 
     @property
     def trial_salt(self) -> str:
@@ -107,13 +118,71 @@ def _finite_model(model: torch.nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def _extras(ctx: SweepContext, device: torch.device) -> dict:
-    """Optional inputs some methods may ask for (seed 000's ``js_reference="retrain"``)."""
-    if not ctx.reference_keys:
-        return {}
+def objective_context(ctx: SweepContext, method: str) -> SweepContext:
+    """The context a trial of ``method`` runs and is judged in.
+
+    The references learn the request's forgotten classes, so every trial also gets the
+    held-out metrics (``evaluate.heldout_metrics``). A zero-glance method's objective is
+    the held-out one (same mode as configured): its hyperparameters must not be chosen
+    by D_f, which it may not read. Its reported metrics still evaluate D_f.
+    """
+    if not ctx.references.forget_classes and ctx.manifest.forget_classes():
+        references = dataclasses.replace(
+            ctx.references, forget_classes=tuple(ctx.manifest.forget_classes()))
+        ctx = dataclasses.replace(ctx, references=references)
+    if is_zero_glance(method) and ctx.objective_metric != HELDOUT_OBJECTIVE[ctx.objective_mode]:
+        ctx = dataclasses.replace(ctx, objective_metric=HELDOUT_OBJECTIVE[ctx.objective_mode])
+    return ctx
+
+
+def _objective(ctx: SweepContext, record: dict) -> float:
+    """A record's objective under ``ctx`` (worst when failed, missing or non-finite).
+
+    Recomputed from the stored metrics on every read, so a record stored under another
+    objective (or before the held-out metrics existed: they derive from the stored
+    per-class test accuracies) is judged by the current one."""
+    metrics = record.get("metrics") or {}
+    value = metrics.get(ctx.objective_metric) if record.get("status") in ("ok", "stopped") \
+        else None
+    if value is None and metrics and ctx.objective_metric in HELDOUT_OBJECTIVE.values():
+        value = heldout_metrics(metrics, ctx.references.source_metrics,
+                                ctx.references.forget_classes).get(ctx.objective_metric)
+    return float(value) if value is not None and math.isfinite(value) \
+        else _worst(ctx.objective_mode)
+
+
+def _rescored(ctx: SweepContext, record: dict) -> dict:
+    method_ctx = objective_context(ctx, record["method"])
+    return {**record, "objective": _objective(method_ctx, record)}
+
+
+def _parsed_hparams(method: str, values: dict):
+    """The method's Hparams, or None if invalid (the trial then records the error)."""
+    try:
+        return make_hparams(method, values)
+    except Exception:
+        return None
+
+
+def _extras(ctx: SweepContext, device: torch.device, method: str, hp) -> dict:
+    """Inputs beyond the task's own, only for a trial that asks for them: a retrained
+    model (trained on D_r) when the method says its ``hp`` reads one (seed 000's
+    ``js_reference="retrain"``, ``needs_retrain_model``). Never for a zero-glance method
+    (``run_trial`` refuses one that asks). Loaded here, outside the method's try: a
+    read error is infrastructure, retried."""
+    if (hp is None or is_zero_glance(method) or not ctx.reference_keys
+            or not needs_retrain_model(method, hp)):
+        return {}  # a method that asks but gets none says so itself (js_reference_model)
     reference = build_model(ctx.source_model, ctx.dataset, seed=0)
     ctx.store.load_model(ctx.reference_keys[0], reference)
     return {"retrain_model": reference.to(device).eval().requires_grad_(False)}
+
+
+def _refuse_glance(method: str, hp) -> None:
+    if is_zero_glance(method) and needs_retrain_model(method, hp):
+        raise ForgetSetAccessError(
+            f"{method} is zero-glance (seed 003) but these hparams ask for a retrained "
+            "model (retrain_model, trained on the full D_r): it gets none; change them")
 
 
 def _sparsity_guard(ctx: SweepContext, model: torch.nn.Module) -> SparsityGuard | None:
@@ -159,10 +228,11 @@ def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
     recorded for it. The record is written last: it commits the trial.
     """
     hparam_values = normalise_hparams(hparam_values)
+    ctx = objective_context(ctx, method)
     key = trial_key(ctx.source_key, method, hparam_values, seed, ctx.trial_salt)
     stored = ctx.store.read_trial(method, key)
     if stored is not None and _is_done(stored, asha=epoch_callback is not None):
-        return {**stored, "cached": True}
+        return {**_rescored(ctx, stored), "cached": True}
     record = {"trial_key": key, "method": method, "stage": stage, "seed": seed,
               "sweep_key": sweep_key,
               "hparams": hparam_values, "status": "ok", "error": None, "metrics": {},
@@ -174,12 +244,13 @@ def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
     recording = None
     if "update_recording" in requirements(method):
         recording = RecordedUpdates(ctx.store.local_updates(ctx.source_key))
-    extras = _extras(ctx, device)
+    extras = _extras(ctx, device, method, _parsed_hparams(method, hparam_values))
     table = None
     start = time.perf_counter()
     task = None
     try:
         hp = make_hparams(method, hparam_values)
+        _refuse_glance(method, hp)
         model = copy.deepcopy(source)  # the copy to unlearn; the task keeps the source
         source = source.to(device)
         task = make_task(
@@ -209,7 +280,7 @@ def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
         metrics.update(_reported(method, task, hp))
         metrics.update(_probes(ctx, model, source, per_split, seed, device))
         record["metrics"] = metrics
-        record["objective"] = metrics.get(ctx.objective_metric)
+        record["objective"] = _objective(ctx, record)
         table = outputs_table(per_split, method=method,
                               hparams_hash=stable_hash(hparam_values), seed=seed, model_id=key)
     except StopUnlearning as stop:  # an epoch callback ended the method early
@@ -297,8 +368,9 @@ def run_jobs(ctx: SweepContext, jobs: list[dict], resources: dict, name: str,
 def job_records(ctx: SweepContext, jobs: list[dict]) -> list[dict]:
     """Each job's stored record, or its ``lost_record`` when it has none: the driver
     never fails on a missing record."""
-    return [ctx.store.read_trial(j["method"], _job_key(ctx, j)) or lost_record(ctx, j)
-            for j in jobs]
+    records = [ctx.store.read_trial(j["method"], _job_key(ctx, j)) for j in jobs]
+    return [_rescored(ctx, r) if r is not None else lost_record(ctx, j)
+            for r, j in zip(records, jobs, strict=True)]
 
 
 def lost_record(ctx: SweepContext, job: dict) -> dict:
@@ -311,10 +383,15 @@ def lost_record(ctx: SweepContext, job: dict) -> dict:
             "metrics": {}, "objective": _worst(ctx.objective_mode), "seconds": None}
 
 
-def planned_trials(method_cfg) -> int:
+def _fixed_only(method: str, zero_glance_objective: str) -> bool:
+    """``objective.zero_glance: fixed``: a zero-glance method runs one config, no search."""
+    return zero_glance_objective == "fixed" and is_zero_glance(method)
+
+
+def planned_trials(method_cfg, zero_glance_objective: str = "heldout") -> int:
     space = merged_space(get_method(method_cfg.name).SEARCH_SPACE, method_cfg.space,
                          method_cfg.fixed)
-    if not space:
+    if not space or _fixed_only(method_cfg.name, zero_glance_objective):
         return 1
     return len(grid_configs(space)) if method_cfg.search == "grid" else method_cfg.trials
 
@@ -329,8 +406,11 @@ def sweep_method(ctx: SweepContext, method_cfg, seed: int = 0, progress=None,
     Tune; a resumed Optuna sweep replays its seeded suggestions, and every
     suggestion already stored returns its record at once.
     """
+    ctx = objective_context(ctx, method_cfg.name)  # a zero-glance method: held-out objective
     module = get_method(method_cfg.name)
     space = merged_space(module.SEARCH_SPACE, method_cfg.space, method_cfg.fixed)
+    if _fixed_only(method_cfg.name, ctx.zero_glance_objective):
+        space = {}  # seed 003's values (the Hparams defaults) and the config's fixed ones
     fixed = dict(method_cfg.fixed)
     sweep_key = stable_hash(ctx.source_key, method_cfg.name, fixed, repr(sorted(space.items())),
                             method_cfg.search, method_cfg.trials, seed)
@@ -350,7 +430,8 @@ def sweep_method(ctx: SweepContext, method_cfg, seed: int = 0, progress=None,
             _run_tuner(ctx, param_space, method_cfg.trials,
                        OptunaSearch(metric="objective", mode=ctx.objective_mode, seed=seed),
                        resources, f"{name}-{sweep_key}", progress, on_record=on_record)
-        return [r for r in ctx.store.trials(method_cfg.name) if r.get("sweep_key") == sweep_key]
+        return [_rescored(ctx, r) for r in ctx.store.trials(method_cfg.name)
+                if r.get("sweep_key") == sweep_key]
     if not space:
         configs = [{}]
     elif method_cfg.search == "grid":
@@ -360,7 +441,9 @@ def sweep_method(ctx: SweepContext, method_cfg, seed: int = 0, progress=None,
     jobs = [{"method": method_cfg.name, "hparams": normalise_hparams({**fixed, **c}),
              "seed": seed, "stage": "sweep", "sweep_key": sweep_key} for c in configs]
     scheduler = None
-    if method_cfg.search == "asha":  # drawn as for random; trials may stop early
+    search = "random" if _fixed_only(method_cfg.name, ctx.zero_glance_objective) \
+        else method_cfg.search  # fixed: one config, nothing for ASHA to stop
+    if search == "asha":  # drawn as for random; trials may stop early
         jobs = [{**j, "asha": True} for j in jobs]
         from pipelines.asha import asha_scheduler
 
@@ -430,7 +513,5 @@ def _mark_stopped(record: dict, epoch: int, metrics: dict, reason: str,
                   seconds: float | None, ctx: SweepContext) -> None:
     """Turn a trial record into a stopped one: the metrics of its last evaluated epoch."""
     record.update(status="stopped", error=None, epochs_run=int(epoch),
-                  stopped_by=reason or None, metrics=dict(metrics), seconds=seconds,
-                  objective=metrics.get(ctx.objective_metric))
-    if record["objective"] is None or not math.isfinite(record["objective"]):
-        record["objective"] = _worst(ctx.objective_mode)
+                  stopped_by=reason or None, metrics=dict(metrics), seconds=seconds)
+    record["objective"] = _objective(objective_context(ctx, record["method"]), record)

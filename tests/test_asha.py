@@ -52,9 +52,10 @@ def trained(tmp_path_factory):
 
 def task_for(trained, name: str, callback=None):
     ds, manifest, recipe, source, recording = trained
+    zero_glance = bool(getattr(get_method(name), "ZERO_GLANCE", False))
     task = make_task(ds, manifest, source, model_name="mlp", train_recipe=recipe,
-                     update_recording=recording,
-                     zero_glance=bool(getattr(get_method(name), "ZERO_GLANCE", False)))
+                     update_recording=None if zero_glance else recording,  # it holds D_f
+                     zero_glance=zero_glance)
     task.epoch_callback = callback
     return task
 

@@ -286,3 +286,86 @@ def test_cf_k_does_not_reinitialise(setup):
     out = dict(get_method("cf_k").unlearn(copy.deepcopy(setup[3]), task, hp).named_parameters())
     for name, p in setup[3].named_parameters():
         assert (out[name] - p).abs().max() < 1e-4, name  # a tiny step, not a re-init
+
+
+# ---------------------------------------------------------------- Alg. 1 l.12 by hand
+
+def _four_weights() -> tuple[nn.Linear, dict[str, torch.Tensor]]:
+    layer = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    return layer, {"weight": torch.tensor([[True, False], [False, True]])}
+
+
+@pytest.mark.parametrize("rule,expected", [
+    # w_rand = Rand(2, 2) from seed 0 = [[0.4963, 0.7682], [0.0885, 0.1320]]; eps = 0.25
+    ("interpolate", [[0.75 * 1 + 0.25 * 0.4963, 2.0], [3.0, 0.75 * 4 + 0.25 * 0.1320]]),
+    ("replace", [[0.25 * 0.4963, 2.0], [3.0, 0.25 * 0.1320]]),
+])
+def test_perturb_rules_on_a_four_weight_layer(rule, expected):
+    """Alg. 1 l.11-12: mask = (Rand < k)·ε, w ← (1 − mask)·w + mask·w_rand, i.e.
+    (1 − ε)·w + ε·w_rand on the selected entries; Eq. 5 replaces them by ε·w_rand."""
+    layer, masks = _four_weights()
+    count = _perturb.perturb_(layer, masks, eps=0.25, rule=rule, seed=0)
+    assert count == 2
+    torch.testing.assert_close(layer.weight.detach(), torch.tensor(expected),
+                               atol=1e-4, rtol=0)
+
+
+def test_interpolate_limits():
+    """ε = 0 leaves the weights unchanged; ε = 1 equals the replace rule at ε = 1."""
+    layer, masks = _four_weights()
+    _perturb.perturb_(layer, masks, eps=0.0, rule="interpolate", seed=3)
+    assert torch.equal(layer.weight.detach(), torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    a, _ = _four_weights()
+    b, _ = _four_weights()
+    _perturb.perturb_(a, masks, eps=1.0, rule="interpolate", seed=3, w_rand="normal")
+    _perturb.perturb_(b, masks, eps=1.0, rule="replace", seed=3, w_rand="normal")
+    assert torch.equal(a.weight, b.weight)
+
+
+# ---------------------------------------------------------------- what a sweep must load
+
+@pytest.mark.parametrize("method", ["topk_perturb", "randomk_perturb", "random_topk_perturb"])
+def test_needs_retrain_model_only_for_the_retrain_js_term(setup, method):
+    """Declared per trial: only js_reference="retrain" with λ > 0 reads the retrained model,
+    and such a trial really fails without it while the others run without it."""
+    from unlearn_core.methods import needs_retrain_model
+
+    cases = {("source", 0.1): False, ("retrain", 0.1): True, ("retrain", 0.0): False}
+    for (which, lam), expected in cases.items():
+        hp = make_hparams(method, {"js_reference": which, "lam": lam, "epochs": 1})
+        assert needs_retrain_model(method, hp) is expected
+        assert get_method(method).needs_retrain_model(hp) is expected
+        task = _task(setup, with_retrain=False)
+        if expected:
+            with pytest.raises(UserInputError, match="retrain_model"):
+                get_method(method).unlearn(copy.deepcopy(setup[3]), task, hp)
+        else:
+            get_method(method).unlearn(copy.deepcopy(setup[3]), task, hp)
+    assert needs_retrain_model("finetune", make_hparams("finetune")) is False
+
+
+def test_variants_config_runs_both_references_and_both_rules():
+    """The variants config: a 4-trial grid per method over js_reference × perturb_rule, every
+    other searchable hparam pinned to its Hparams default (only the epochs shortened)."""
+    from pathlib import Path
+
+    from pipelines.config import load_config
+    from pipelines.sweep import planned_trials
+    from pipelines.tune_space import merged_space
+    from unlearn_core.search import grid_configs
+
+    path = Path(__file__).parents[1] / "pipelines/configs/seed000-digits-random10-variants.yaml"
+    config = load_config(path)
+    perturb = [m for m in config.methods if m.name.endswith("_perturb")]
+    assert len(perturb) == 3
+    for m in perturb:
+        module = get_method(m.name)
+        space = merged_space(module.SEARCH_SPACE, m.space, m.fixed)
+        combos = {(c["js_reference"], c["perturb_rule"]) for c in grid_configs(space)}
+        assert combos == {(j, r) for j in _perturb.JS_REFERENCES for r in _perturb.PERTURB_RULES}
+        assert planned_trials(m) == 4
+        defaults = dataclasses.asdict(module.Hparams())
+        assert {k: v for k, v in m.fixed.items() if k != "epochs"} == \
+            {k: defaults[k] for k in m.fixed if k != "epochs"}

@@ -34,7 +34,13 @@ from unlearn_core.methods.common import method_recipe
 from unlearn_core.methods.task import make_task
 from unlearn_core.train import DeviceData, Recipe, accuracy, fit
 from unlearn_core.train.layers import parameter_layers
-from unlearn_core.train.recorder import PruneSpec, RecordedUpdates, UpdateRecorder
+from unlearn_core.train.recorder import (
+    PruneSpec,
+    RecordedUpdates,
+    UpdateRecorder,
+    prune_update,
+    step_generator,
+)
 from unlearn_core.train.source import build_model
 
 # Plain minibatch SGD (seed 001 Eq. 3): each recorded update is that batch's own step.
@@ -197,20 +203,86 @@ def test_record_time_and_unlearn_time_pruning_agree(lenet, kind):
 
 
 def test_storage_bytes_match_the_recorder(lenet):
-    dense, pruned = lenet.recordings["dense"], lenet.recordings["random"]
+    dense = lenet.recordings["dense"]
     full = amnesiac.storage_bytes(dense, amnesiac.Hparams())
-    hp = partial_amnesiac.Hparams(prune_kind="random", mask_seed=MASK_SEED, **SCHEDULE)
-    estimate = partial_amnesiac.storage_bytes(dense, hp)
     headers = 256 * len(dense.steps) * len(dense.meta["shapes"])  # safetensors key entries
     assert full <= dense.bytes_on_disk <= full + headers
-    assert estimate <= pruned.bytes_on_disk <= estimate + headers
-    assert partial_amnesiac.storage_bytes(pruned, hp) == pruned.bytes_on_disk
+    # magnitude masks depend on the update: positions are stored (the recorder's format)
+    magnitude = partial_amnesiac.Hparams(prune_kind="magnitude", **SCHEDULE)
+    estimate = partial_amnesiac.storage_bytes(dense, magnitude)
+    recorded = lenet.recordings["magnitude"]
+    assert estimate <= recorded.bytes_on_disk <= estimate + headers
+    assert partial_amnesiac.storage_bytes(recorded, magnitude) == recorded.bytes_on_disk
     assert estimate < full  # the storage saving seed 001 reports
-    heavy = dataclasses.replace(hp, prune_start=0.9, prune_end=0.9)  # 8 B per kept 10 %
-    assert partial_amnesiac.storage_bytes(dense, heavy) < 0.3 * full
-    none = dataclasses.replace(hp, prune_start=0.0, prune_end=0.0)
+    # random masks are regenerated: values only, less than the recorder's index + value files
+    hp = partial_amnesiac.Hparams(prune_kind="random", mask_seed=MASK_SEED, **SCHEDULE)
+    values_only = partial_amnesiac.storage_bytes(dense, hp)
+    assert values_only < lenet.recordings["random"].bytes_on_disk - headers
+    pruned = lenet.recordings["random"]  # same payload; its metadata names the pruning
+    assert partial_amnesiac.storage_bytes(pruned, hp) - amnesiac.index_bytes(pruned) == \
+        values_only - amnesiac.index_bytes(dense)
+    heavy = dataclasses.replace(hp, prune_start=0.9, prune_end=0.9)  # 4 B per kept 10 %
+    assert partial_amnesiac.storage_bytes(dense, heavy) < 0.15 * full
+    none = dataclasses.replace(hp, prune_start=0.0, prune_end=0.0)  # no mask, no seed
     assert partial_amnesiac.storage_bytes(dense, none) == full
 
+
+def _recorder_pruned(rec, step, hp):
+    """P ⊙ Δw as the recorder's own ``prune_update`` makes it from the dense update."""
+    layers = rec.meta["layers"]
+    return prune_update(rec.update(step), layers,
+                        partial_amnesiac.pruning_amounts(len(layers), hp), hp.prune_kind,
+                        step_generator(hp.mask_seed, step))
+
+
+def test_random_mask_regenerated_from_the_seed_is_the_one_used(lenet):
+    rec = lenet.recordings["dense"]
+    hp = partial_amnesiac.Hparams(prune_kind="random", mask_seed=MASK_SEED, **SCHEDULE)
+    layers, shapes = rec.meta["layers"], rec.meta["shapes"]
+    amounts = partial_amnesiac.pruning_amounts(len(layers), hp)
+    for step in (int(rec.steps[0]), int(rec.steps[len(rec.steps) // 2]), int(rec.steps[-1])):
+        keep = partial_amnesiac.random_keep_masks(shapes, layers, amounts, MASK_SEED, step)
+        dense, used = rec.update(step), _recorder_pruned(rec, step, hp)
+        recorded = lenet.recordings["random"].update(step)  # pruned by the recorder in training
+        for name in shapes:
+            assert torch.equal(used[name], dense[name] * keep[name])  # the mask applied
+            assert torch.equal(recorded[name], dense[name] * keep[name])
+        assert sum(int(m.sum()) for m in keep.values()) == \
+            partial_amnesiac.random_kept_per_step(rec, hp)
+        # the stored values and the regenerated mask give back P ⊙ Δw exactly
+        values = partial_amnesiac.pack_values(dense, keep)
+        assert all(v.dim() == 1 and v.dtype == torch.float32 for v in values.values())
+        restored = partial_amnesiac.unpack_values(values, keep)
+        for name in shapes:
+            assert torch.equal(restored[name], used[name])
+    other = partial_amnesiac.random_keep_masks(shapes, layers, amounts, MASK_SEED + 1, step)
+    assert any(not torch.equal(keep[n], other[n]) for n in shapes)  # the seed matters
+
+
+def test_values_only_storage_is_the_stored_values_and_the_seed(lenet):
+    rec = lenet.recordings["dense"]
+    hp = partial_amnesiac.Hparams(prune_kind="random", mask_seed=MASK_SEED, **SCHEDULE)
+    layers, shapes = rec.meta["layers"], rec.meta["shapes"]
+    amounts = partial_amnesiac.pruning_amounts(len(layers), hp)
+    payload = 0
+    for step in rec.steps:
+        keep = partial_amnesiac.random_keep_masks(shapes, layers, amounts, MASK_SEED, int(step))
+        values = partial_amnesiac.pack_values(rec.update(int(step)), keep)
+        payload += sum(v.numel() * v.element_size() for v in values.values())
+    expected = payload + partial_amnesiac.SEED_BYTES + amnesiac.index_bytes(rec)
+    assert partial_amnesiac.storage_bytes(rec, hp) == expected
+
+
+def test_values_only_unlearning_equals_subtracting_the_recorder_pruned_updates(lenet):
+    rec, task = lenet.recordings["dense"], lenet.task
+    hp = partial_amnesiac.Hparams(prune_kind="random", mask_seed=MASK_SEED, **SCHEDULE)
+    expected = {n: p.double() for n, p in params(lenet.source).items()}
+    for step in rec.affected_steps(task.forget_ids):
+        for name, delta in _recorder_pruned(rec, int(step), hp).items():
+            expected[name] -= delta.double()
+    out = partial_amnesiac.unlearn(copy.deepcopy(lenet.source), task, hp)
+    for name, value in params(out).items():
+        assert torch.equal(value, expected[name].to(value.dtype)), name
 
 
 def test_reported_storage_metrics(lenet):

@@ -383,3 +383,42 @@ def test_boundary_unlearning_moves_forget_samples_across_the_boundary(trained):
     out = _run("boundary_unlearning", trained, lr=0.01, epochs=5)
     assert _acc(out, task.forget) < _acc(source, task.forget) - 0.3
     assert _loss(out, task.forget) > _loss(source, task.forget)
+
+
+# ---------------------------------------------------------------- the paper's protocol
+
+
+def test_seed002_config_runs_every_method_once_at_its_defaults():
+    """Seed 002 tunes nothing: one trial per method, its searchable keys pinned to the
+    Hparams defaults (so the config cannot drift from the defaults), no sweep left."""
+    import dataclasses
+    from pathlib import Path
+
+    from pipelines.config import load_config
+    from pipelines.sweep import planned_trials
+    from pipelines.tune_space import merged_space
+
+    path = Path(__file__).parents[1] / "pipelines/configs/seed002-digits-random10.yaml"
+    config = load_config(path)
+    tuned = [m for m in config.methods if m.name not in ("original", "retrain")]
+    assert {m.name for m in tuned} == {"finetune", "random_labels", "scrub",
+                                       "boundary_unlearning", "soft_relabel",
+                                       "gradient_surgery", "activation_pruning"}
+    for m in tuned:
+        module = get_method(m.name)
+        assert merged_space(module.SEARCH_SPACE, m.space, m.fixed) == {}, m.name
+        assert planned_trials(m) == 1 and m.trials == 1
+        defaults = dataclasses.asdict(module.Hparams())
+        assert m.fixed == {k: defaults[k] for k in m.fixed}, m.name
+        assert make_hparams(m.name, m.fixed) == module.Hparams()
+
+
+def test_defaults_carry_the_values_seed_002_states():
+    """§3.3: q = 0.99 for early activations, 0.90 for deep ones; §3.2: an L1 (elastic-net)
+    penalty next to weight decay in the descent, and a large initial LR (larger than the
+    fine-tuning LR of the other seed-002 phases, AdamW 1e-3)."""
+    ap = make_hparams("activation_pruning")
+    assert (ap.q_early, ap.q_deep) == (0.99, 0.90)
+    gs = make_hparams("gradient_surgery")
+    assert gs.l1 > 0 and gs.weight_decay > 0
+    assert gs.lr > make_hparams("soft_relabel").lr == make_hparams("random_labels").lr

@@ -238,13 +238,21 @@ def test_iu_moves_weights_by_alpha_times_inverse_fisher_gradient(damping):
     torch.manual_seed(0)
     model, task = _Tiny(), _tiny_task()
     expected = _explicit_step(model, task, damping)
-    hp = iu.Hparams(alpha=0.7, damping=damping, num_samples=1000, chunk_size=7)  # all of D_r
+    # all of D_r; ρ = 1: at λ = 1 the step is shorter than ‖w‖ and applied as it is, at
+    # λ = 1e-3 it is longer and cut to ‖w‖ along its direction (bounded_update)
+    hp = iu.Hparams(alpha=0.7, damping=damping, num_samples=1000, chunk_size=7,
+                    max_step_ratio=1.0)
     step = iu.influence_step(copy.deepcopy(model), task, hp)
     assert torch.allclose(step.double(), expected, atol=1e-4, rtol=1e-4)
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
     out = iu.unlearn(model, task, hp)
     after = torch.cat([p.detach().flatten() for p in out.parameters()])
-    assert torch.allclose(after - before, 0.7 * expected.float(), atol=1e-5, rtol=1e-4)
+    binds = 0.7 * expected.norm() > before.norm()
+    assert bool(binds) == (damping < 1.0)
+    applied = iu.bounded_update(expected.float(), before, 0.7, 1.0)
+    assert torch.allclose(after - before, applied, atol=1e-5, rtol=1e-4)
+    if not binds:
+        assert torch.allclose(after - before, 0.7 * expected.float(), atol=1e-5, rtol=1e-4)
 
 
 def test_per_sample_gradients_match_one_by_one():
@@ -269,8 +277,103 @@ def test_iu_raises_forget_loss_and_keeps_pruned_weights_zero(classwise):
     model = copy.deepcopy(classwise[2])
     masks = prune_model(model, 0.5)
     before = forget_loss(model)
-    out = iu.unlearn(model, task, iu.Hparams(alpha=5.0, num_samples=64))
+    out = iu.unlearn(model, task, iu.Hparams(alpha=1.0, damping=1e-2, num_samples=64))
     assert forget_loss(out) > before
     params = dict(out.named_parameters())
     for name, mask in masks.items():
         assert torch.equal(params[name][~mask], torch.zeros(int((~mask).sum())))
+
+
+def test_bounded_update_by_hand():
+    step, w = torch.tensor([3.0, 4.0]), torch.tensor([6.0, 8.0])  # ‖step‖ = 5, ‖w‖ = 10
+    # α‖step‖ = 5 > ρ‖w‖ = 1: shortened to norm 1 along the step
+    assert torch.allclose(iu.bounded_update(step, w, 1.0, 0.1), torch.tensor([0.6, 0.8]))
+    # α‖step‖ = 0.5 ≤ 1: α·step unchanged
+    assert torch.equal(iu.bounded_update(step, w, 0.1, 0.1), 0.1 * step)
+
+
+def test_iu_step_stays_in_the_trust_region():
+    """With λ = 1e-4 the Newton step is many times ‖w‖; the update is cut to ρ‖w‖ along it."""
+    torch.manual_seed(0)
+    model, task = _Tiny(), _tiny_task()
+    before = torch.cat([p.detach().flatten() for p in model.parameters()])
+    full = 1.0 * _explicit_step(model, task, 1e-4).float()
+    assert full.norm() > before.norm()  # unbounded, the step is longer than the weights
+    hp = iu.Hparams(alpha=1.0, damping=1e-4, num_samples=1000, max_step_ratio=0.05)
+    out = iu.unlearn(model, task, hp)
+    delta = torch.cat([p.detach().flatten() for p in out.parameters()]) - before
+    assert delta.norm() <= 0.05 * before.norm() * (1 + 1e-5)
+    assert delta.norm() == pytest.approx(0.05 * before.norm().item(), rel=1e-4)
+    assert F.cosine_similarity(delta.double(), full.double(), dim=0) > 1 - 1e-4
+
+
+def test_iu_alpha_is_bounded_by_the_full_influence_step():
+    from unlearn_core.errors import UserInputError
+    from unlearn_core.methods import make_hparams
+
+    assert make_hparams("influence_unlearning", {"alpha": 1.0}).alpha == 1.0
+    for key, value in (("alpha", 1.5), ("alpha", 0.0), ("max_step_ratio", 2.0)):
+        with pytest.raises(UserInputError, match=key):
+            make_hparams("influence_unlearning", {key: value})
+
+
+# --- FF: per-sample vs batch-mean Fisher (Unlearn-Sparse fisher_new) -------------------------
+
+
+def _two_samples():
+    """x1 = (1, 2), x2 = (3, −1) (uint8 − 1 with mean 1/255, std 1/255), labels 0 and 1;
+    logits = W x with W = 0, so p = (½, ½) and ∂ log p_y / ∂W_k = (δ_ky − ½) x."""
+    from unlearn_core.methods import fisher_forgetting as ff
+
+    images = torch.tensor([[[[2, 3]]], [[[4, 0]]]], dtype=torch.uint8)
+    data = DeviceData(images, torch.tensor([0, 1]), torch.tensor([0, 1]),
+                      torch.tensor([1 / 255]), torch.tensor([1 / 255]), augment=False)
+    assert torch.allclose(data.all().x.flatten(1), torch.tensor([[1.0, 2.0], [3.0, -1.0]]))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False))
+    nn.init.zeros_(model[1].weight)
+    return ff, model, data
+
+
+@pytest.mark.parametrize("labels,estimator,row", [
+    # per sample: mean_i Σ_y ½ (¼ x_i²) = ¼ mean_i x_i² = ¼ (5, 2.5)
+    ("expected", "per_sample", [1.25, 0.625]),
+    # batch mean: Σ_y ½ (½ mean_i x_i)² = ¼ (2, ½)² = (1, 1/16): the variance is gone
+    ("expected", "batch_mean", [1.0, 0.0625]),
+    # true labels, per sample: (½ x_i)² averaged = the same ¼ mean_i x_i²
+    ("true", "per_sample", [1.25, 0.625]),
+    # true labels, batch mean: (½ x_1 − ½ x_2)/2 = (−½, ¾), squared (¼, 9/16)
+    ("true", "batch_mean", [0.25, 0.5625]),
+])
+def test_fisher_estimators_by_hand(labels, estimator, row):
+    ff, model, data = _two_samples()
+    fisher = ff.fisher_diagonal(model, data, labels, batch_size=2, estimator=estimator)
+    assert torch.allclose(fisher["1.weight"], torch.tensor([row, row]), atol=1e-5)
+
+
+def test_batch_mean_fisher_of_one_sample_batches_is_the_per_sample_fisher():
+    ff, model, data = _two_samples()
+    nn.init.normal_(model[1].weight, generator=torch.Generator().manual_seed(0))
+    one = ff.fisher_diagonal(model, data, "expected", batch_size=1, estimator="batch_mean")
+    per = ff.fisher_diagonal(model, data, "expected", batch_size=2, estimator="per_sample")
+    assert torch.allclose(one["1.weight"], per["1.weight"], atol=1e-6)
+    two = ff.fisher_diagonal(model, data, "expected", batch_size=2, estimator="batch_mean")
+    assert (two["1.weight"] < per["1.weight"]).any()  # Jensen: squared mean ≤ mean square
+
+
+def test_fisher_forgetting_default_is_seed_004s_batch_mean(classwise):
+    """The default estimator is Unlearn-Sparse's (batch of 32); with batches of one it is
+    the per-sample Fisher, so unlearning then draws exactly the per-sample result."""
+    import dataclasses
+
+    from unlearn_core.methods import fisher_forgetting as ff
+
+    hp = ff.Hparams()
+    assert (hp.fisher, hp.fisher_batch_size) == ("batch_mean", 32)
+    task, source = _task(classwise), classwise[2]
+    per = ff.unlearn(copy.deepcopy(source), task, dataclasses.replace(hp, fisher="per_sample"))
+    ones = ff.unlearn(copy.deepcopy(source), task, dataclasses.replace(hp, fisher_batch_size=1))
+    default = ff.unlearn(copy.deepcopy(source), task, hp)
+    for a, b in zip(per.parameters(), ones.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert any(not torch.allclose(a, c, atol=1e-5, rtol=1e-4)
+               for a, c in zip(per.parameters(), default.parameters(), strict=True))

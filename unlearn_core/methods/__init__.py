@@ -9,7 +9,8 @@ Each module defines
   change (in place or not); ``task`` (``UnlearnTask``) exposes only what the
   method may read;
 and optionally ``REQUIRES`` (a frozenset of what the pipeline must provide, e.g.
-``{"update_recording"}``) and ``ZERO_GLANCE = True`` for methods that may not
+``{"update_recording"}``), ``needs_retrain_model(hp) -> bool`` (the trial reads
+``task.extras["retrain_model"]``) and ``ZERO_GLANCE = True`` for methods that may not
 read the forget set (the task then refuses every such read).
 
 Methods with an epoch loop set ``REPORTS_EPOCHS = True`` and call
@@ -78,6 +79,19 @@ def get_method(name: str) -> ModuleType:
 
 def requirements(name: str) -> frozenset[str]:
     return frozenset(getattr(get_method(name), "REQUIRES", frozenset()))
+
+
+def needs_retrain_model(name: str, hp) -> bool:
+    """Whether method ``name`` run with ``hp`` (its Hparams) reads
+    ``task.extras["retrain_model"]``.
+
+    A method whose need depends on its hparams (seed 000's ``js_reference="retrain"``)
+    defines a module-level ``needs_retrain_model(hp) -> bool``; a method without one
+    never reads it. The sweep builds the retrained model only when this is True.
+    """
+    declared = getattr(get_method(name), "needs_retrain_model", None)
+    # hp None: the values did not parse, the trial fails before anything is read
+    return bool(declared(hp)) if declared is not None and hp is not None else False
 
 
 def is_zero_glance(name: str) -> bool:

@@ -182,6 +182,18 @@ def js_divergence(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tenso
     return (0.5 * (kl_pm + kl_qm) / math.log(2.0)).clamp_min(0.0)
 
 
+def needs_retrain_model(hp) -> bool:
+    """Whether training with ``hp`` reads ``task.extras["retrain_model"]``.
+
+    Only the JS term of Eq. 8 reads a reference, and only λ > 0 computes it
+    (``train_retain_js``); the retrained model is that reference when
+    ``js_reference="retrain"`` (§3.2.2's text). ``hp`` is any Hparams with ``lam`` and
+    ``js_reference`` fields. Each perturbation method exposes this as its module-level
+    ``needs_retrain_model`` so a sweep loads a retrained model only for trials that use it.
+    """
+    return hp.js_reference == "retrain" and hp.lam > 0
+
+
 def js_reference_model(task: UnlearnTask, which: str) -> nn.Module:
     """P(w, x) of Eq. 6-8: the source (Alg. 1 l.16) or the retrained model (§3.2.2)."""
     if which == "source":

@@ -79,9 +79,9 @@ class Hparams:
     weight_decay: float = hparam(1e-4, ge=0)
     # rows per D_r and D_f batch; 002 code pipeline.py: 256
     batch_size: int = hparam(256, ge=1)
-    # percentile of the first activation (Sec. 3.3: 0.99)
+    # percentile of the first activation; seed 002 §3.3: 0.99
     q_early: float = hparam(0.99, ge=0, le=1)
-    # percentile of the last activation (Sec. 3.3: 0.90)
+    # percentile of the last activation; seed 002 §3.3: 0.90
     q_deep: float = hparam(0.90, ge=0, le=1)
     # percentile axis: 002 code quantile(dim=1); "map": whole map
     mask_scope: str = hparam("channel", choices=MASK_SCOPES)

@@ -27,6 +27,24 @@ which every reimplementation of this baseline (seeds 003 and 004 included) copie
    classes; a random-sample request uses the plain variant.
 4. ``w ← μ + √v · n``, n ~ N(0, I), drawn from a generator seeded by ``task.seed``.
 
+Two estimators of F (``fisher``):
+
+- ``"per_sample"``: the formula above, one sample at a time, as Golatkar et al.'s
+  ``hessian`` (a ``DataLoader`` of batch size 1; seed 003's baseline).
+- ``"batch_mean"``: Unlearn-Sparse's ``fisher_new`` (Jia et al. 2023,
+  ``unlearn/fisher.py``, README "FF (fisher_new)"), which copies that ``hessian`` with a
+  loader of batch size 32: per batch B and class y, the gradient of the batch-*mean*
+  −log p(y|x) is squared and weighted by the batch-mean p(y|x),
+  ``F = 1/#batches Σ_B Σ_y mean_{x∈B} p(y|x) · (mean_{x∈B} ∂/∂w log p(y|x))²``.
+  Squaring a mean drops the cross-sample variance (it is ≤ the per-sample mean of
+  squares, by Jensen), so F is smaller and the noise larger at the same α. With the
+  ``"true"`` / ``"sampled"`` labels the batch-mean gradient is taken at those labels.
+
+Default: ``batch_mean``. Seed 004's FF row is Unlearn-Sparse's ``fisher_new`` (its
+baselines are that code's: IU is its ``wfisher``, see ``influence_unlearning``), so
+the default reproduces seed 004. Seed 003's baseline is Golatkar et al.'s own code,
+``fisher="per_sample"``: a seed 003 config that runs this method pins it there.
+
 The head is ``model.head`` (the zoo's contract), not "any tensor whose first
 dimension equals the number of classes" as in the code. α: the code's Fisher cell
 uses 1e-6 (its ``get_mean_var`` default is 3e-6, its sweep 1e-8 ... 1e-5, its NTK
@@ -48,6 +66,7 @@ from unlearn_core.search import LogUniform, SearchSpace, hparam
 from unlearn_core.train.device_data import DeviceData
 
 FISHER_LABELS = ("expected", "sampled", "true")
+FISHER_ESTIMATORS = ("per_sample", "batch_mean")
 FISHER_EPS = 1e-8  # added to F before inverting (code)
 MAX_INV_FISHER = 1e3  # clamp of 1/F for tiny Fisher values (code)
 HEAD_MAX_INV_FISHER = 1e2  # tighter clamp for the head (code)
@@ -61,11 +80,15 @@ class Hparams:
     alpha: float = hparam(1e-6, ge=0)
     # label expectation in F: exact over p(y|x) as in the code
     fisher_labels: str = hparam("expected", choices=FISHER_LABELS)
+    # F estimator; seed 004's FF = Unlearn-Sparse fisher_new: squared batch means
+    fisher: str = hparam("batch_mean", choices=FISHER_ESTIMATORS)
+    # batch of the batch_mean estimator; Unlearn-Sparse fisher.py hessian: 32
+    fisher_batch_size: int = hparam(32, ge=1)
     # zero the forget classes' head rows (code, class forgetting)
     classwise: bool = hparam(True)
     # D_r samples used for F, 0 = all (code: all of D_r)
     max_samples: int = hparam(0, ge=0)
-    # samples per vmapped chunk: memory only, same F (code: 1 at a time)
+    # per_sample: samples per vmapped chunk, memory only (code: 1 at a time)
     batch_size: int = hparam(32, ge=1)
 
 
@@ -75,11 +98,20 @@ SEARCH_SPACE: SearchSpace = {
 
 
 def fisher_diagonal(model: nn.Module, data: DeviceData, labels: str = "expected",
-                    batch_size: int = 32, generator: torch.Generator | None = None
-                    ) -> dict[str, torch.Tensor]:
-    """Diagonal Fisher of ``model`` on ``data``, one entry per named parameter."""
+                    batch_size: int = 32, generator: torch.Generator | None = None,
+                    estimator: str = "per_sample") -> dict[str, torch.Tensor]:
+    """Diagonal Fisher of ``model`` on ``data``, one entry per named parameter.
+
+    ``estimator="per_sample"``: per-sample squared gradients (``batch_size`` is a memory
+    chunk only); ``"batch_mean"``: ``fisher_diagonal_batch_mean`` (``batch_size`` is
+    its mini-batch and changes F).
+    """
     if labels not in FISHER_LABELS:
         raise UserInputError(f"fisher_labels {labels!r} unknown: expected one of {FISHER_LABELS}")
+    if estimator not in FISHER_ESTIMATORS:
+        raise UserInputError(f"fisher {estimator!r} unknown: expected one of {FISHER_ESTIMATORS}")
+    if estimator == "batch_mean":
+        return fisher_diagonal_batch_mean(model, data, labels, batch_size, generator)
     was_training = model.training
     model.eval()
     params = {k: p.detach() for k, p in model.named_parameters()}
@@ -116,6 +148,46 @@ def fisher_diagonal(model: nn.Module, data: DeviceData, labels: str = "expected"
     return {k: v / max(1, len(data)) for k, v in total.items()}
 
 
+def fisher_diagonal_batch_mean(model: nn.Module, data: DeviceData, labels: str = "expected",
+                               batch_size: int = 32,
+                               generator: torch.Generator | None = None
+                               ) -> dict[str, torch.Tensor]:
+    """Unlearn-Sparse's diagonal Fisher: squared gradients of batch-mean log-likelihoods.
+
+    ``1/#batches Σ_B Σ_y w_{B,y} (∂/∂w mean_{x∈B} log p(y|x))²`` with w_{B,y} the
+    batch-mean p(y|x) (``labels="expected"``, the code), or a single term of weight 1
+    at the true or sampled labels. Batches are taken in order, the last one possibly
+    smaller, and the sum is divided by the number of batches, as the code's
+    ``grad2_acc /= len(train_loader)``.
+    """
+    if labels not in FISHER_LABELS:
+        raise UserInputError(f"fisher_labels {labels!r} unknown: expected one of {FISHER_LABELS}")
+    was_training = model.training
+    model.eval()
+    total = {k: torch.zeros_like(p) for k, p in model.named_parameters()}
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}  # frozen: F = 0
+    batches = 0
+    for batch in data.batches(batch_size, shuffle=False, augment=False):
+        log_probs = F.log_softmax(model(batch.x).float(), -1)
+        probs = log_probs.detach().exp()
+        if labels == "expected":
+            terms = [(log_probs[:, y].mean(), probs[:, y].mean())
+                     for y in range(log_probs.shape[1])]
+        else:
+            y = batch.y if labels == "true" else \
+                torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(probs.device)
+            terms = [(log_probs.gather(1, y[:, None]).mean(), torch.ones((), device=probs.device))]
+        for i, (mean_log_prob, weight) in enumerate(terms):
+            grads = torch.autograd.grad(mean_log_prob, list(params.values()),
+                                        retain_graph=i + 1 < len(terms), allow_unused=True)
+            for (k, _), g in zip(params.items(), grads, strict=True):
+                if g is not None:
+                    total[k] += weight * g.detach().pow(2)
+        batches += 1
+    model.train(was_training)
+    return {k: v / max(1, batches) for k, v in total.items()}
+
+
 def fisher_mean_var(weight: torch.Tensor, fisher: torch.Tensor, alpha: float, *,
                     is_head: bool, forget_rows: tuple[int, ...] = ()
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +214,9 @@ def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
     if 0 < hp.max_samples < len(data):
         data = data.subset(torch.randperm(len(data), generator=generator)[:hp.max_samples])
     model = model.to(data.device)
-    fisher = fisher_diagonal(model, data, hp.fisher_labels, hp.batch_size, generator)
+    batch = hp.fisher_batch_size if hp.fisher == "batch_mean" else hp.batch_size
+    fisher = fisher_diagonal(model, data, hp.fisher_labels, batch, generator,
+                             estimator=hp.fisher)
     head = {id(p) for p in model.head.parameters()}
     forget_rows = tuple(task.forget_classes) if hp.classwise else ()
     with torch.no_grad():

@@ -55,13 +55,13 @@ class Hparams:
     forget_batch_size: int = hparam(2048, ge=1)
     # descent epochs on D_r; 002 code surgery.py: epochs = 4
     epochs: int = hparam(4, ge=0)
-    # initial AdamW LR of the descent ("rather large", Sec. 3.2); surgery.py
+    # initial AdamW LR of the descent; seed 002 §3.2 "rather large", surgery.py
     lr: float = hparam(2e-3, gt=0)
     # per-epoch exponential LR factor of the descent; surgery.py: 0.5
     lr_decay: float = hparam(0.5, gt=0, le=1)
     # L2 half of the elastic net (AdamW decoupled); surgery.py
     weight_decay: float = hparam(5e-4, ge=0)
-    # L1 half: weight of Σ_tensors mean|w| (Sec. 3.2); surgery.py lmb=1e-3
+    # L1 half: weight of Σ_tensors mean|w|; seed 002 §3.2, surgery.py lmb=1e-3
     l1: float = hparam(1e-3, ge=0)
     # D_r rows per descent step; 002 code surgery.py: 1024
     batch_size: int = hparam(1024, ge=1)

@@ -26,14 +26,26 @@ mask necessarily depends on each update, and for random pruning we likewise draw
 one mask per step (as ``torch.nn.utils.prune.random_unstructured`` applied to each
 stored update would), reading P_l as "a pruning matrix of layer l's size".
 
-``storage_bytes(recording, hp)`` gives the bytes the pruned updates take in the
-recorder's format (float32 dense, or int32 index + float32 value per kept
-entry where that is smaller) plus the batch index: seed 001's storage saving is
-1 − storage_bytes(partial) / amnesiac.storage_bytes.
+Storage (seed 001's storage column: what a user must keep to unlearn later).
+A random mask is a function of (mask seed, step) and the layer shares alone, so a
+user stores only the kept values of each step's update, in row-major order, plus
+the one mask seed; the mask is regenerated when the step is needed
+(``random_keep_masks``, ``pack_values`` / ``unpack_values``). Unlearning with random
+pruning takes that path: each affected step's update is reduced to its stored
+values and re-expanded through the regenerated mask, which gives exactly
+P ⊙ Δw. A magnitude or global mask depends on the update's values, so it cannot
+be regenerated and its positions must be stored: int32 index + float32 value per
+kept entry where that is smaller than float32 dense (the recorder's rule).
+``storage_bytes(recording, hp)`` counts these payloads (4 bytes per kept value
+for random pruning, + 8 for the seed when anything is pruned) plus the batch
+index: seed 001's storage saving is 1 − storage_bytes(partial) /
+amnesiac.storage_bytes. (The recorder's record-time random pruning still writes
+index + value files; the column counts what the values-only format needs.)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +72,8 @@ from unlearn_core.train.recorder import (
 
 REQUIRES = frozenset({"update_recording"})
 KINDS = ("random", "magnitude", "global")
+SEED_BYTES = 8  # the mask seed, one unsigned 64-bit integer per recording
+VALUE_BYTES = 4  # one float32 kept value
 
 
 @dataclass(frozen=True)
@@ -96,16 +110,63 @@ def pruning_amounts(num_layers: int, hp: Hparams) -> list[float]:
     return layer_schedule(num_layers, hp.prune_start, hp.prune_end, hp.prune_shape)
 
 
+def random_keep_masks(shapes: dict[str, list[int]], layers: list[list[str]],
+                      amounts: list[float], seed: int, step: int) -> dict[str, torch.Tensor]:
+    """Kept entries (True) of one step's random pruning, regenerated from (seed, step).
+
+    ``prune_update`` draws random scores from ``step_generator(seed, step)`` alone, never
+    from the update, so pruning an all-ones update returns the very mask it applies to
+    any update of that step (a kept entry stays 1, a pruned one becomes 0).
+    """
+    ones = {name: torch.ones(shape) for name, shape in shapes.items()}
+    pruned = prune_update(ones, layers, amounts, "random", step_generator(seed, step))
+    return {name: value != 0 for name, value in pruned.items()}
+
+
+def pack_values(update: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]
+                ) -> dict[str, torch.Tensor]:
+    """What a user stores for a randomly pruned step: the kept values, float32, row-major."""
+    return {name: delta[keep[name].to(delta.device)].float() for name, delta in update.items()}
+
+
+def unpack_values(values: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]
+                  ) -> dict[str, torch.Tensor]:
+    """P ⊙ Δw back from the stored values and the regenerated mask (zeros elsewhere)."""
+    out = {}
+    for name, mask in keep.items():
+        dense = torch.zeros(mask.shape, dtype=values[name].dtype, device=values[name].device)
+        dense[mask.to(dense.device)] = values[name]
+        out[name] = dense
+    return out
+
+
 def pruned_update(recording: RecordedUpdates, step: int, hp: Hparams,
                   device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """P ⊙ Δw of one recorded step (Eq. 6), from its stored dense update, on ``device``.
 
+    Random pruning goes through the values-only format (stored values + the mask
+    regenerated from the seed), as a user holding only that format would unlearn.
     The masks do not depend on the device (random scores are drawn on the CPU).
     """
     layers = recording.meta["layers"]
+    amounts = pruning_amounts(len(layers), hp)
     dense = {name: delta.to(device) for name, delta in recording.update(step).items()}
-    return prune_update(dense, layers, pruning_amounts(len(layers), hp), hp.prune_kind,
+    if hp.prune_kind == "random":
+        keep = random_keep_masks(recording.meta["shapes"], layers, amounts, hp.mask_seed, step)
+        return unpack_values(pack_values(dense, keep), keep)
+    return prune_update(dense, layers, amounts, hp.prune_kind,
                         step_generator(hp.mask_seed, step))
+
+
+def random_kept_per_step(recording: RecordedUpdates, hp: Hparams) -> int:
+    """Entries a random mask keeps in one step: each layer keeps size − round(share·size),
+    the count ``prune_update`` prunes, whatever the seed and step."""
+    shapes, layers = recording.meta["shapes"], recording.meta["layers"]
+    kept = 0
+    for names, amount in zip(layers, pruning_amounts(len(layers), hp), strict=True):
+        size = sum(math.prod(shapes[name]) for name in names)
+        kept += size - (int(round(amount * size)) if amount > 0.0 else 0)
+    return kept
 
 
 def _recorded_pruning_is(recording: RecordedUpdates, hp: Hparams) -> bool:
@@ -144,13 +205,21 @@ def sum_pruned_updates(recording: RecordedUpdates, steps: np.ndarray, hp: Hparam
 
 def storage_bytes(recording: RecordedUpdates, hp: Hparams,
                   device: torch.device | str = "cpu") -> int:
-    """Bytes the pruned updates of every step take in the recorder's format, plus the index.
+    """Bytes a user must store for the pruned updates of every step, plus the batch index.
 
-    One pass over the recording (each step pruned as the method prunes it). The
-    update payload is exact; safetensors headers (about 100 bytes per stored
-    tensor) are not counted.
+    Random pruning: 4 bytes per kept value and the 8-byte mask seed (the masks are
+    regenerated). Magnitude and global pruning: one pass over the recording (each step
+    pruned as the method prunes it), in the recorder's format, or the recording's own
+    size if it was pruned so at record time. The update payload is exact; file
+    headers (about 100 bytes per stored tensor) are not counted.
     """
-    if _recorded_pruning_is(recording, hp):
+    recorded = _recorded_pruning_is(recording, hp)  # refuses a recording pruned otherwise
+    if hp.prune_kind == "random":
+        kept = random_kept_per_step(recording, hp)
+        dense = sum(math.prod(shape) for shape in recording.meta["shapes"].values())
+        seed = SEED_BYTES if kept < dense else 0  # nothing pruned: no mask to regenerate
+        return VALUE_BYTES * kept * len(recording.steps) + seed + index_bytes(recording)
+    if recorded:
         return recording.bytes_on_disk
     payload = 0
     for step in recording.steps:

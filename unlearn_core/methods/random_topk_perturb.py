@@ -24,6 +24,9 @@ from unlearn_core.methods._perturb import (
     sensitivity,
     train_after_perturbation,
 )
+from unlearn_core.methods._perturb import (
+    needs_retrain_model as _needs_retrain_model,
+)
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform, hparam
 from unlearn_core.train.loop import prepare_model
@@ -68,6 +71,12 @@ SEARCH_SPACE: SearchSpace = {
     "lr": LogUniform(1e-5, 1e-2),
     "epochs": IntUniform(1, 100),
 }
+
+
+def needs_retrain_model(hp: Hparams) -> bool:
+    """True when this trial trains toward a retrained model (js_reference="retrain", λ > 0):
+    the sweep must then put one in ``task.extras["retrain_model"]``."""
+    return _needs_retrain_model(hp)
 
 
 def perturb(model: nn.Module, task: UnlearnTask, hp: Hparams) -> Masks:

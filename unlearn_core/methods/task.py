@@ -2,9 +2,16 @@
 
 A method gets the model to unlearn (a copy of the source) and this task, which
 exposes only what the method may use. Zero-glance methods (seed 003) run on a
-task built with ``zero_glance=True``: any read of the forget set, its sample ids
-or the full training set raises ``ForgetSetAccessError``. The task enforces it;
-the method is not trusted.
+task built with ``zero_glance=True``, which does not hold what they may not read:
+no D_f, no full D_r, no validation set (it holds samples of the forgotten
+classes), no model but the source (no ``extras``, no update recording), and no
+pipeline hook (an epoch callback typically holds the whole dataset). It holds
+D_r_sub, the forgotten class ids (the request names them), the source, the seed,
+the device and the recipe; reading anything else raises ``ForgetSetAccessError``.
+The task enforces it; the method is not trusted. (Within one Python process a
+method bent on it can still reach any object through ``gc`` or frames; the
+guarantee is that nothing reachable from the task itself, by attribute, item,
+property or closure, is such data: ``tests/test_zero_glance.py`` walks it.)
 
 Per-epoch progress: a method with an epoch loop calls ``task.end_epoch(model,
 epoch)`` at the end of each epoch (``epoch`` counts from 1; a two-phase method
@@ -19,6 +26,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,12 +56,22 @@ class StopUnlearning(Exception):
         self.reason = reason
 
 
-@dataclass
+EpochCallback = Callable[[nn.Module, int], None]
+
+# Each task's epoch callback, kept outside the task: a pipeline hook (e.g. ASHA's
+# per-epoch evaluation) holds the whole dataset, and a zero-glance task must not hold
+# anything through which its method could reach D_f. Weak keys: the entry goes with
+# its task.
+_EPOCH_CALLBACKS: weakref.WeakKeyDictionary[UnlearnTask, EpochCallback] = (
+    weakref.WeakKeyDictionary())
+
+
+@dataclass(eq=False)  # identity equality and hash: tasks key _EPOCH_CALLBACKS
 class UnlearnTask:
     source: nn.Module  # the trained source model (frozen copy; do not modify)
-    retain_data: DeviceData  # D_r
-    forget_data: DeviceData  # D_f
-    val_data: DeviceData  # D_v
+    retain_data: DeviceData | None  # D_r; None in a zero-glance task
+    forget_data: DeviceData | None  # D_f; None in a zero-glance task
+    val_data: DeviceData | None  # D_v; None in a zero-glance task (it holds forget classes)
     num_classes: int
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -65,10 +83,35 @@ class UnlearnTask:
     train_recipe: Recipe | None = None  # the source's training recipe (retrain uses it)
     update_recording: object | None = None  # RecordedUpdates of the source run (amnesiac)
     extras: dict = field(default_factory=dict)  # e.g. a retrained model for js_reference
-    # called as epoch_callback(model, epoch) by end_epoch (epoch counts from 1); may raise
-    # StopUnlearning to stop the method
-    epoch_callback: Callable[[nn.Module, int], None] | None = None
     callback_seconds: float = 0.0  # wall time spent in epoch_callback (not the method's)
+
+    def __post_init__(self) -> None:
+        if self.zero_glance:
+            _check_zero_glance(self)
+
+    def __setattr__(self, name: str, value) -> None:
+        # Once zero-glance, always: the flag is what keeps the epoch callback hidden.
+        if name == "zero_glance" and self.__dict__.get("zero_glance") and not value:
+            raise ForgetSetAccessError("zero-glance task: zero_glance cannot be turned off")
+        super().__setattr__(name, value)
+
+    @property
+    def epoch_callback(self) -> EpochCallback | None:
+        """Called as ``epoch_callback(model, epoch)`` by ``end_epoch`` (epoch from 1); may
+        raise ``StopUnlearning``. Set by the pipeline; a zero-glance method may not read it
+        (it holds the pipeline's evaluation data), only trigger it through ``end_epoch``."""
+        if self.zero_glance:
+            raise ForgetSetAccessError(
+                "zero-glance task: the pipeline's epoch callback is not the method's to read "
+                "(it holds evaluation data); report epochs with task.end_epoch")
+        return _EPOCH_CALLBACKS.get(self)
+
+    @epoch_callback.setter
+    def epoch_callback(self, callback: EpochCallback | None) -> None:
+        if callback is None:
+            _EPOCH_CALLBACKS.pop(self, None)
+        else:
+            _EPOCH_CALLBACKS[self] = callback
 
     def _guard(self, what: str) -> None:
         if self.zero_glance:
@@ -103,6 +146,8 @@ class UnlearnTask:
 
     @property
     def val(self) -> DeviceData:
+        # D_v holds samples of the forgotten classes and lies outside D_r_sub
+        self._guard("the validation set")
         return self.val_data
 
     def end_epoch(self, model: nn.Module, epoch: int) -> None:
@@ -116,7 +161,8 @@ class UnlearnTask:
         exception from the callback (``StopUnlearning``) propagates to the caller
         of ``unlearn``.
         """
-        if self.epoch_callback is None:
+        callback = _EPOCH_CALLBACKS.get(self)
+        if callback is None:
             return
         cuda = self.device.type == "cuda"
         if cuda:  # the epoch's queued kernels belong to the method's time
@@ -126,7 +172,7 @@ class UnlearnTask:
         np_state, py_state = np.random.get_state(), random.getstate()
         try:
             with torch.random.fork_rng(devices=[self.device] if cuda else []):
-                self.epoch_callback(model, epoch)
+                callback(model, epoch)
         finally:
             for module, mode in modes:
                 module.training = mode
@@ -144,6 +190,25 @@ class UnlearnTask:
         return teacher
 
 
+def _check_zero_glance(task: UnlearnTask) -> None:
+    """Refuse a zero-glance task that holds more than D_r_sub and the source."""
+    held = [name for name in ("forget_data", "retain_data", "val_data")
+            if getattr(task, name) is not None]
+    if held:
+        raise ForgetSetAccessError(f"zero-glance task: may not hold {held} (seed 003: only "
+                                   "D_r_sub, the forgotten class ids and the source)")
+    if task.retain_subset_data is None:
+        raise ValueError("a zero-glance task reads only D_r_sub and the manifest has none: "
+                         "set split.retain_subset_per_class > 0")
+    if task.update_recording is not None:
+        raise ForgetSetAccessError("zero-glance task: may not hold an update_recording (it "
+                                   "records the source's batches, D_f included)")
+    if task.extras:  # e.g. "retrain_model": trained on the full D_r, which 003 never sees
+        raise ForgetSetAccessError(
+            f"zero-glance task: may not hold extras {sorted(task.extras)}; a zero-glance "
+            "method gets no model but the source (retrain_model is trained on D_r)")
+
+
 def make_task(
     dataset,
     manifest,
@@ -157,18 +222,25 @@ def make_task(
     update_recording: object | None = None,
     extras: dict | None = None,
 ) -> UnlearnTask:
-    """Build the task for one unlearning run from a dataset and its split manifest."""
+    """Build the task for one unlearning run from a dataset and its split manifest.
+
+    ``zero_glance=True`` builds only D_r_sub (copied rows: no view onto the dataset) and
+    refuses an ``update_recording`` or any ``extras`` (``ForgetSetAccessError``).
+    """
     device = torch.device(device)
 
     def view(name: str) -> DeviceData:
+        # from_dataset copies the rows (advanced indexing), so the result shares no
+        # storage with the whole dataset
         return DeviceData.from_dataset(dataset, manifest.ids(name), device)
 
     subset_ids = manifest.ids("retain_subset")
+    full = not zero_glance  # zero-glance: never even build D_f, D_r or D_v
     return UnlearnTask(
         source=source,
-        retain_data=view("retain"),
-        forget_data=view("forget"),
-        val_data=view("val"),
+        retain_data=view("retain") if full else None,
+        forget_data=view("forget") if full else None,
+        val_data=view("val") if full else None,
         num_classes=dataset.num_classes,
         seed=seed,
         device=device,

@@ -9,7 +9,8 @@ Seed 000 (Zuo et al.), §3.2 and Alg. 1:
 3. Adam on L = CE(D_RE) + λ·JS(P_unlearned(x_f) ‖ P_ref(x_f)), x_f ∈ D_UL
    (Eq. 6-8, Alg. 1 l.14-18); P_ref is the source (Alg. 1 l.16, default) or the
    retrained model (§3.2.2's text; ``js_reference="retrain"`` reads
-   ``task.extras["retrain_model"]``).
+   ``task.extras["retrain_model"]``, which ``needs_retrain_model(hp)`` declares to
+   the sweep, so it loads one only for such trials).
 
 Open choices: the paper gives no ε (ours: 0.01), no learning rate for Top-K
 (ours: Adam 1e-4, the only rate it states, for EU-K/CF-K), no batch size. Its
@@ -34,6 +35,9 @@ from unlearn_core.methods._perturb import (
     sensitivity,
     topk_mask,
     train_after_perturbation,
+)
+from unlearn_core.methods._perturb import (
+    needs_retrain_model as _needs_retrain_model,
 )
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import IntUniform, LogUniform, SearchSpace, hparam
@@ -76,6 +80,12 @@ SEARCH_SPACE: SearchSpace = {
     "lr": LogUniform(1e-5, 1e-2),
     "epochs": IntUniform(1, 100),  # Fig. 5 and 8 train 100 epochs
 }
+
+
+def needs_retrain_model(hp: Hparams) -> bool:
+    """True when this trial trains toward a retrained model (js_reference="retrain", λ > 0):
+    the sweep must then put one in ``task.extras["retrain_model"]``."""
+    return _needs_retrain_model(hp)
 
 
 def perturb(model: nn.Module, task: UnlearnTask, hp: Hparams) -> Masks:

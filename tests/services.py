@@ -21,8 +21,11 @@ Two things about Ray on loopback that are easy to trip over:
   gives a driver in a subprocess the switch (it is harmless for a driver).
 * Ray enables token authentication on ``ray start --head`` when ``~/.ray/auth_token``
   exists (a local ``ray.init()`` anywhere on the machine creates it), but not on worker
-  nodes, which then fail to join. Nodes here run with ``RAY_AUTH_MODE=disabled``: the
-  cluster listens on 127.0.0.1 only.
+  nodes, which then fail to join. So every node here is told explicitly: Ray's token
+  authentication is on (``RAY_AUTH_MODE=token``) with a token made for this cluster
+  alone, given to each node, driver and job client through ``RAY_AUTH_TOKEN`` in the
+  environment only (never a command line ``ps`` shows, never a file; the environment
+  variable comes before ``~/.ray/auth_token`` in Ray's token loader).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import shlex
 import shutil
 import signal
@@ -385,7 +389,10 @@ class RayNode:
 @dataclass
 class RayCluster:
     """A Ray cluster of separate ``ray start --block`` processes on 127.0.0.1: a head with
-    ``num_cpus=0`` (it runs no tasks) and worker nodes with ``worker_cpus`` CPUs each.
+    ``num_cpus=0`` (it runs no tasks) and worker nodes with ``worker_cpus`` CPUs each,
+    with Ray's token authentication on (``auth_token``, see the module docstring). With
+    ``dashboard``, the head also serves the dashboard and its Jobs API at ``dashboard_url``
+    (127.0.0.1 only; what ``unlearn submit`` and ``JobSubmissionClient`` talk to).
 
     Use ``RayCluster.start(...)``, then ``connect()`` for a driver in this process, and
     ``stop()``. With ``isolate_path``, each worker node runs in a mount namespace of its own
@@ -399,6 +406,9 @@ class RayCluster:
     worker_cpus: int = 1
     object_store_bytes: int = 200 * 1024 * 1024
     start_timeout: float = 90.0
+    dashboard: bool = False
+    # Ray's token auth: a fresh random token per cluster, in the nodes' environment only
+    auth_token: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp")))
     head: RayNode | None = None
     workers: list[RayNode] = field(default_factory=list)
@@ -427,6 +437,19 @@ class RayCluster:
         """The GCS address, ``127.0.0.1:PORT``."""
         assert self.head is not None, "the cluster is not started"
         return f"{LOOPBACK}:{self.head.ports[0]}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard and Jobs API, ``http://127.0.0.1:PORT`` (with ``dashboard``)."""
+        assert self.head is not None, "the cluster is not started"
+        if not self.dashboard:
+            raise RuntimeError("this cluster was started without the dashboard")
+        return f"http://{LOOPBACK}:{self.head.ports[1]}"
+
+    def auth_env(self) -> dict[str, str]:
+        """The variables that make a Ray process (node, driver, job client) use this
+        cluster's token (``RAY_AUTH_TOKEN`` is the one Ray reads; ``unlearn submit`` too)."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.auth_token}
 
     @property
     def nodes(self) -> list[RayNode]:
@@ -487,19 +510,22 @@ class RayCluster:
         original = services.resolve_ip_for_localhost
         services.resolve_ip_for_localhost = _keep_host
         try:
-            ray.init(address=self.address, **init_options)
-            try:
-                wait_for(lambda: len(self.alive_nodes()) == len(self.nodes), timeout,
-                         f"{len(self.nodes)} alive Ray nodes")
-                yield
-            finally:
-                ray.shutdown()
+            with _ray_auth(self.auth_env()):
+                ray.init(address=self.address, **init_options)
+                try:
+                    wait_for(lambda: len(self.alive_nodes()) == len(self.nodes), timeout,
+                             f"{len(self.nodes)} alive Ray nodes")
+                    yield
+                finally:
+                    ray.shutdown()
         finally:
             services.resolve_ip_for_localhost = original
 
     def driver_env(self) -> dict[str, str]:
-        """Environment for a driver in a subprocess (``ray.init()`` or ``"auto"``)."""
-        return {"RAY_ADDRESS": self.address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        """Environment for a driver in a subprocess (``ray.init()`` or ``"auto"``),
+        with the cluster's token."""
+        return {"RAY_ADDRESS": self.address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                **self.auth_env()}
 
     @staticmethod
     def alive_nodes() -> list[dict]:
@@ -512,7 +538,7 @@ class RayCluster:
 
     def _base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
-        env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+        env.update(RAY_USAGE_STATS_ENABLED="0", **self.auth_env())
         return env
 
     def _node_args(self, name: str, ports: list[int]) -> tuple[list[str], Path]:
@@ -548,13 +574,22 @@ class RayCluster:
         return RayNode(name, process, temp_dir, log_path, ports, is_head)
 
     def _launch_head(self) -> RayNode:
-        # GCS, dashboard (not started, but its port is still taken as given), then the rest.
-        ports = self._reserve(8)
+        # GCS, dashboard (its port is taken as given even when it is off), Ray Client
+        # server, then the rest.
+        ports = self._reserve(9)
         args, temp_dir = self._node_args("head", ports)
         args += ["--head", f"--port={ports[0]}", "--num-cpus=0",
-                 "--include-dashboard=false", f"--dashboard-port={ports[1]}"]
-        # No --ray-client-server-port: with it `ray start` demands ray[client] (grpcio).
+                 f"--include-dashboard={'true' if self.dashboard else 'false'}",
+                 f"--dashboard-host={LOOPBACK}", f"--dashboard-port={ports[1]}",
+                 # started whenever grpcio is installed (ray[default] brings it), on the
+                 # fixed port 10001 unless given one: two clusters would collide
+                 f"--ray-client-server-port={ports[2]}"]
         env = self._base_env() | FAST_HEALTH_CHECKS
+        if self.dashboard:
+            # Job drivers run on the head and connect to RAY_ADDRESS=127.0.0.1:PORT, which
+            # ray.init would rewrite to the outward IP (module docstring); the head itself
+            # starts the same with or without the switch.
+            env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         return self._launch("head", args, env, temp_dir, ports, is_head=True)
 
     def _launch_worker(self, env: dict[str, str] | None = None,
@@ -575,13 +610,62 @@ class RayCluster:
         return node
 
     def _wait_up(self, nodes: list[RayNode]) -> None:
+        def up() -> bool:
+            ready = all(node.is_up() for node in nodes)
+            if ready and self.dashboard and any(node.is_head for node in nodes):
+                return self._jobs_api_answers()
+            return ready
+
         try:
-            wait_for(lambda: all(node.is_up() for node in nodes), self.start_timeout,
+            wait_for(up, self.start_timeout,
                      "ray nodes " + ", ".join(node.name for node in nodes) + " to start")
         except TimeoutError as err:
             tails = "\n".join(f"--- {n.log_path}:\n{log_tail(n.log_path)}" for n in nodes)
             raise TimeoutError(f"{err}\n{tails}") from err
 
 
+    def _jobs_api_answers(self) -> bool:
+        """True once the Jobs API answers an authenticated request (the dashboard starts
+        its HTTP server a few seconds after the head's node is up)."""
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.dashboard_url}/api/jobs/",
+                                         headers={"Authorization": f"Bearer {self.auth_token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+
 def _keep_host(host: str) -> str:
     return host
+
+
+@contextlib.contextmanager
+def _ray_auth(env: dict[str, str]) -> Iterator[None]:
+    """This process's Ray uses ``env``'s auth settings inside the block, and whatever it
+    had before after it. Ray caches the auth mode (RayConfig) and the token (its token
+    loader) per process: both are reloaded on the way in and on the way out, so a local
+    ``ray.init()`` in a later test is not left with this cluster's token."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    saved = {name: os.environ.get(name) for name in (*env, "RAY_AUTH_TOKEN_PATH")}
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ.update(env)
+
+    def reload() -> None:
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+    reload()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reload()

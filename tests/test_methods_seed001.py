@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import shutil
+import struct
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import make_dataset
 from unlearn_core.data.manifest import make_manifest
@@ -35,10 +39,12 @@ from unlearn_core.methods.task import make_task
 from unlearn_core.train import DeviceData, Recipe, accuracy, fit
 from unlearn_core.train.layers import parameter_layers
 from unlearn_core.train.recorder import (
+    RECORDING_FORMAT,
     PruneSpec,
     RecordedUpdates,
     UpdateRecorder,
     prune_update,
+    random_keep_masks,
     step_generator,
 )
 from unlearn_core.train.source import build_model
@@ -214,11 +220,11 @@ def test_storage_bytes_match_the_recorder(lenet):
     assert estimate <= recorded.bytes_on_disk <= estimate + headers
     assert partial_amnesiac.storage_bytes(recorded, magnitude) == recorded.bytes_on_disk
     assert estimate < full  # the storage saving seed 001 reports
-    # random masks are regenerated: values only, less than the recorder's index + value files
+    # random masks are regenerated: the recorder writes values only, as counted
     hp = partial_amnesiac.Hparams(prune_kind="random", mask_seed=MASK_SEED, **SCHEDULE)
     values_only = partial_amnesiac.storage_bytes(dense, hp)
-    assert values_only < lenet.recordings["random"].bytes_on_disk - headers
     pruned = lenet.recordings["random"]  # same payload; its metadata names the pruning
+    assert values_only <= pruned.bytes_on_disk <= values_only + headers
     assert partial_amnesiac.storage_bytes(pruned, hp) - amnesiac.index_bytes(pruned) == \
         values_only - amnesiac.index_bytes(dense)
     heavy = dataclasses.replace(hp, prune_start=0.9, prune_end=0.9)  # 4 B per kept 10 %
@@ -283,6 +289,128 @@ def test_values_only_unlearning_equals_subtracting_the_recorder_pruned_updates(l
     out = partial_amnesiac.unlearn(copy.deepcopy(lenet.source), task, hp)
     for name, value in params(out).items():
         assert torch.equal(value, expected[name].to(value.dtype)), name
+
+
+def _safetensors_framing(path) -> int:
+    """Bytes of a safetensors file that are not tensor data: the 8-byte length + JSON header."""
+    with open(path, "rb") as f:
+        return 8 + struct.unpack("<Q", f.read(8))[0]
+
+
+def test_record_time_random_pruning_writes_values_only(lenet):
+    """On disk: the kept float32 values (no positions) + the seed once, in recorder.json."""
+    rec, dense = lenet.recordings["random"], lenet.recordings["dense"]
+    hp = partial_amnesiac.Hparams(prune_kind="random", mask_seed=MASK_SEED, **SCHEDULE)
+    meta = json.loads((rec.folder / "recorder.json").read_text())
+    assert meta["format"] == RECORDING_FORMAT == 2 and meta["seed"] == MASK_SEED
+    chunks = sorted(rec.folder.glob("updates-*.safetensors"))
+    data = 0
+    for chunk in chunks:
+        tensors = load_file(str(chunk))
+        assert all(key.endswith(".val") for key in tensors)  # no index tensors
+        assert all(t.dtype == torch.float32 and t.dim() == 1 for t in tensors.values())
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        assert chunk.stat().st_size == _safetensors_framing(chunk) + nbytes
+        data += nbytes
+    # the tensor data is exactly 4 bytes per kept entry of every step (the counted payload)
+    kept_values = partial_amnesiac.random_kept_per_step(dense, hp) * len(rec.steps)
+    assert data == partial_amnesiac.VALUE_BYTES * kept_values
+    # everything else on disk is file framing and the index/metadata (which holds the seed)
+    framing = sum(_safetensors_framing(c) for c in chunks)
+    assert rec.bytes_on_disk == data + framing + amnesiac.index_bytes(rec)
+
+
+def test_values_only_recording_reads_back_the_recorder_pruned_update_exactly(lenet):
+    """Every step read back (mask regenerated from the seed) is P ⊙ Δw of the same run."""
+    rec, dense = lenet.recordings["random"], lenet.recordings["dense"]
+    hp = partial_amnesiac.Hparams(prune_kind="random", mask_seed=MASK_SEED, **SCHEDULE)
+    assert rec.meta["prune"]["kind"] == "random"
+    for step in rec.steps:
+        expected = _recorder_pruned(dense, int(step), hp)  # prune_update on the dense Δw
+        got = rec.update(int(step))
+        assert got.keys() == expected.keys()
+        for name in expected:
+            assert got[name].shape == expected[name].shape
+            assert torch.equal(got[name], expected[name]), (int(step), name)
+        assert any(bool((v == 0).any()) for v in got.values())  # something was pruned
+
+
+def _as_format_1(rec: RecordedUpdates, dense: RecordedUpdates, hp, folder) -> RecordedUpdates:
+    """``rec`` as the recorder wrote it before values-only storage (format 1): each step's
+    ``prune_update`` of Δw (here: of the dense recording of the same run) stored as int32
+    index + float32 value of its nonzeros where smaller than dense; no "format" key."""
+    shutil.copytree(rec.folder, folder)
+    for chunk in sorted(folder.glob("updates-*.safetensors")):
+        chunk.unlink()
+    for c in sorted(set(rec.chunks.tolist())):
+        tensors = {}
+        for step in rec.steps[rec.chunks == c]:
+            for name, delta in _recorder_pruned(dense, int(step), hp).items():
+                key, flat = f"s{int(step)}.{name}", delta.flatten()
+                nonzero = torch.nonzero(flat).flatten()
+                if 2 * nonzero.numel() < flat.numel():
+                    tensors[key + ".idx"] = nonzero.to(torch.int32)
+                    tensors[key + ".val"] = flat[nonzero].contiguous()
+                else:
+                    tensors[key] = delta.contiguous()
+        save_file(tensors, str(folder / f"updates-{c:05d}.safetensors"))
+    meta = json.loads((folder / "recorder.json").read_text())
+    del meta["format"]
+    (folder / "recorder.json").write_text(json.dumps(meta))
+    return RecordedUpdates(folder)
+
+
+def test_values_only_recording_unlearns_to_the_same_weights_as_format_1(lenet, tmp_path):
+    """Unlearning from the values-only recording gives bit for bit the weights that the
+    index + value recording gave (still readable), and those of pruning at unlearn time."""
+    rec = lenet.recordings["random"]
+    hp = partial_amnesiac.Hparams(prune_kind="random", mask_seed=MASK_SEED, **SCHEDULE)
+    old = _as_format_1(rec, lenet.recordings["dense"], hp, tmp_path / "format1")
+    assert old.format == 1 and rec.format == RECORDING_FORMAT
+    assert old.bytes_on_disk > rec.bytes_on_disk  # positions no longer stored
+    first = load_file(str(old.folder / "updates-00000.safetensors"))
+    assert any(key.endswith(".idx") for key in first)  # the old layout's index tensors
+    outs = [partial_amnesiac.unlearn(copy.deepcopy(lenet.source),
+                                     dataclasses.replace(lenet.task, update_recording=r), hp)
+            for r in (rec, old, lenet.recordings["dense"])]
+    src = params(lenet.source)
+    assert any(not torch.equal(p, src[n]) for n, p in params(outs[0]).items())  # it unlearned
+    for other in outs[1:]:
+        for (name, a), b in zip(params(outs[0]).items(), params(other).values(), strict=True):
+            assert torch.equal(a, b), name
+
+
+def test_recording_of_an_unknown_format_is_refused(lenet, tmp_path):
+    folder = tmp_path / "future"
+    shutil.copytree(lenet.recordings["random"].folder, folder)
+    meta = json.loads((folder / "recorder.json").read_text())
+    meta["format"] = RECORDING_FORMAT + 1
+    (folder / "recorder.json").write_text(json.dumps(meta))
+    with pytest.raises(UserInputError, match=f"format {RECORDING_FORMAT + 1}"):
+        RecordedUpdates(folder)
+
+
+def test_random_mask_rule_is_pinned():
+    """Values-only recordings are read through the mask rule: if torch's generator or
+    ``prune_update``'s random draw changes, old recordings would be misread, so the rule is
+    pinned here (a change needs a new RECORDING_FORMAT)."""
+    keep = random_keep_masks({"w": [2, 5], "b": [2], "v": [6]}, [["w", "b"], ["v"]],
+                             [0.5, 0.5], 7, 3)
+    assert keep["w"].int().flatten().tolist() == [0, 0, 1, 1, 1, 0, 0, 1, 0, 1]
+    assert keep["b"].int().tolist() == [0, 1]
+    assert keep["v"].int().tolist() == [0, 1, 0, 0, 1, 1]
+
+
+def test_values_that_do_not_fit_the_regenerated_mask_are_refused(lenet, tmp_path):
+    folder = tmp_path / "other_seed"
+    shutil.copytree(lenet.recordings["random"].folder, folder)
+    meta = json.loads((folder / "recorder.json").read_text())
+    meta["seed"] = MASK_SEED + 1  # masks regenerated from the wrong seed
+    (folder / "recorder.json").write_text(json.dumps(meta))
+    rec = RecordedUpdates(folder)
+    with pytest.raises(UserInputError, match="incompatible version"):
+        for step in rec.steps:
+            rec.update(int(step))
 
 
 def test_reported_storage_metrics(lenet):

@@ -30,7 +30,8 @@ Storage (seed 001's storage column: what a user must keep to unlearn later).
 A random mask is a function of (mask seed, step) and the layer shares alone, so a
 user stores only the kept values of each step's update, in row-major order, plus
 the one mask seed; the mask is regenerated when the step is needed
-(``random_keep_masks``, ``pack_values`` / ``unpack_values``). Unlearning with random
+(``random_keep_masks``, ``pack_values`` / ``unpack_values``, defined in the recorder
+and shared with it). Unlearning with random
 pruning takes that path: each affected step's update is reduced to its stored
 values and re-expanded through the regenerated mask, which gives exactly
 P ⊙ Δw. A magnitude or global mask depends on the update's values, so it cannot
@@ -39,8 +40,9 @@ kept entry where that is smaller than float32 dense (the recorder's rule).
 ``storage_bytes(recording, hp)`` counts these payloads (4 bytes per kept value
 for random pruning, + 8 for the seed when anything is pruned) plus the batch
 index: seed 001's storage saving is 1 − storage_bytes(partial) /
-amnesiac.storage_bytes. (The recorder's record-time random pruning still writes
-index + value files; the column counts what the values-only format needs.)
+amnesiac.storage_bytes. The recorder's record-time random pruning writes this
+values-only format (recording format 2), so such a recording's update files hold
+exactly the counted values.
 """
 
 from __future__ import annotations
@@ -66,8 +68,11 @@ from unlearn_core.train.recorder import (
     PruneSpec,
     RecordedUpdates,
     layer_schedule,
+    pack_values,
     prune_update,
+    random_keep_masks,
     step_generator,
+    unpack_values,
 )
 
 REQUIRES = frozenset({"update_recording"})
@@ -108,36 +113,6 @@ def pruning_amounts(num_layers: int, hp: Hparams) -> list[float]:
     if hp.prune_kind == "global":
         return PruneSpec("global", hp.global_amount).validate(num_layers)
     return layer_schedule(num_layers, hp.prune_start, hp.prune_end, hp.prune_shape)
-
-
-def random_keep_masks(shapes: dict[str, list[int]], layers: list[list[str]],
-                      amounts: list[float], seed: int, step: int) -> dict[str, torch.Tensor]:
-    """Kept entries (True) of one step's random pruning, regenerated from (seed, step).
-
-    ``prune_update`` draws random scores from ``step_generator(seed, step)`` alone, never
-    from the update, so pruning an all-ones update returns the very mask it applies to
-    any update of that step (a kept entry stays 1, a pruned one becomes 0).
-    """
-    ones = {name: torch.ones(shape) for name, shape in shapes.items()}
-    pruned = prune_update(ones, layers, amounts, "random", step_generator(seed, step))
-    return {name: value != 0 for name, value in pruned.items()}
-
-
-def pack_values(update: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]
-                ) -> dict[str, torch.Tensor]:
-    """What a user stores for a randomly pruned step: the kept values, float32, row-major."""
-    return {name: delta[keep[name].to(delta.device)].float() for name, delta in update.items()}
-
-
-def unpack_values(values: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]
-                  ) -> dict[str, torch.Tensor]:
-    """P ⊙ Δw back from the stored values and the regenerated mask (zeros elsewhere)."""
-    out = {}
-    for name, mask in keep.items():
-        dense = torch.zeros(mask.shape, dtype=values[name].dtype, device=values[name].device)
-        dense[mask.to(dense.device)] = values[name]
-        out[name] = dense
-    return out
 
 
 def pruned_update(recording: RecordedUpdates, step: int, hp: Hparams,

@@ -6,10 +6,23 @@ pruned layer by layer before storing (seed 001, Eq. 6: the stored update is
 P_l ⊙ Δw_{l,e,b}). Unlearning later subtracts the stored updates of the batches
 that held a forget sample (Eq. 4 / Eq. 7).
 
-On disk (a folder): ``updates-NNNNN.safetensors`` chunks (dense float32, or
-int32 flat indices + float32 values where pruning makes that smaller),
-``index.parquet`` (step, epoch, sample_ids) and ``recorder.json``. The index is
-written last and atomically, so a folder without it is an incomplete recording.
+On disk (a folder): ``updates-NNNNN.safetensors`` chunks, ``index.parquet``
+(step, epoch, sample_ids) and ``recorder.json`` (pruning, layers, shapes, mask seed
+and the format version). The index is written last and atomically, so a folder
+without it is an incomplete recording. Per parameter and step a chunk holds, by
+pruning kind (format 2, ``RECORDING_FORMAT``):
+
+- none: the dense float32 update (key ``s{step}.{name}``);
+- random: only the kept float32 values in row-major order (``….val``); the mask is a
+  function of (mask seed, step) and the layer shares alone, so the reader regenerates
+  it (``random_keep_masks``) and a user stores 4 bytes per kept entry plus the seed
+  once in ``recorder.json`` (seed 001's storage column);
+- magnitude / global: the mask depends on the update's values, so the positions are
+  stored: int32 flat indices + float32 values (``….idx`` / ``….val``) where that is
+  smaller than dense, else dense.
+
+Format 1 (no ``format`` in ``recorder.json``) stored random pruning like magnitude
+pruning (index + value); it is still read.
 """
 
 from __future__ import annotations
@@ -33,6 +46,11 @@ from unlearn_core.train.layers import parameter_layers
 PRUNE_KINDS = ("none", "random", "magnitude", "global")
 SCHEDULE_SHAPES = ("linear", "exponential", "constant")
 INDEX_FILE = "index.parquet"
+# 2: random pruning stored as values only, its mask regenerated from the seed.
+# 1 (recorder.json without "format"): random pruning stored as index + value.
+# Format 2 files mean something only with the same mask rule (random_keep_masks,
+# prune_update's random branch, step_generator): a change there needs a new format.
+RECORDING_FORMAT = 2
 
 
 def layer_schedule(num_layers: int, start: float, end: float, shape: str = "linear") -> list[float]:
@@ -147,6 +165,37 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
+def random_keep_masks(shapes: dict[str, list[int]], layers: list[list[str]],
+                      amounts: list[float], seed: int, step: int) -> dict[str, torch.Tensor]:
+    """Kept entries (True) of one step's random pruning, regenerated from (seed, step).
+
+    ``prune_update`` draws random scores from ``step_generator(seed, step)`` alone, never
+    from the update, so pruning an all-ones update returns the very mask it applies to
+    any update of that step (a kept entry stays 1, a pruned one becomes 0). The recorder,
+    its reader and ``partial_amnesiac`` all take masks from here, so they cannot drift.
+    """
+    ones = {name: torch.ones(shape) for name, shape in shapes.items()}
+    pruned = prune_update(ones, layers, amounts, "random", step_generator(seed, step))
+    return {name: value != 0 for name, value in pruned.items()}
+
+
+def pack_values(update: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]
+                ) -> dict[str, torch.Tensor]:
+    """What a user stores for a randomly pruned step: the kept values, float32, row-major."""
+    return {name: delta[keep[name].to(delta.device)].float() for name, delta in update.items()}
+
+
+def unpack_values(values: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]
+                  ) -> dict[str, torch.Tensor]:
+    """P ⊙ Δw back from the stored values and the regenerated mask (zeros elsewhere)."""
+    out = {}
+    for name, mask in keep.items():
+        dense = torch.zeros(mask.shape, dtype=values[name].dtype, device=values[name].device)
+        dense[mask.to(dense.device)] = values[name]
+        out[name] = dense
+    return out
+
+
 def _kth_smallest(values: torch.Tensor, share: float) -> torch.Tensor | None:
     count = int(round(share * values.numel()))
     if count == 0:
@@ -178,6 +227,8 @@ class UpdateRecorder:
         self.layers = parameter_layers(model)
         self.amounts = self.prune.validate(len(self.layers))
         self.names = [name for names in self.layers for name in names]
+        params = dict(model.named_parameters())
+        self.shapes = {name: list(params[name].shape) for name in self.names}
 
     def before_step(self, model: nn.Module, batch) -> None:
         params = dict(model.named_parameters())
@@ -187,10 +238,16 @@ class UpdateRecorder:
     def after_step(self, model: nn.Module, batch, epoch: int, step: int) -> None:
         params = dict(model.named_parameters())
         deltas = {name: params[name].detach() - self._before[name] for name in self.names}
-        deltas = prune_update(deltas, self.layers, self.amounts, self.prune.kind,
-                              step_generator(self.seed, step))
-        for name, delta in deltas.items():
-            self._store(f"s{step}.{name}", delta.float().cpu())
+        if self.prune.kind == "random":
+            # the mask is regenerated on reading: store the kept values only
+            keep = random_keep_masks(self.shapes, self.layers, self.amounts, self.seed, step)
+            for name, values in pack_values(deltas, keep).items():
+                self._store(f"s{step}.{name}", values.cpu(), values_only=True)
+        else:
+            deltas = prune_update(deltas, self.layers, self.amounts, self.prune.kind,
+                                  step_generator(self.seed, step))
+            for name, delta in deltas.items():
+                self._store(f"s{step}.{name}", delta.float().cpu())
         self._index["step"].append(step)
         self._index["epoch"].append(epoch)
         self._index["chunk"].append(self._chunk)
@@ -199,7 +256,11 @@ class UpdateRecorder:
         if self._pending_steps >= self.chunk_steps:
             self._flush()
 
-    def _store(self, key: str, delta: torch.Tensor) -> None:
+    def _store(self, key: str, delta: torch.Tensor, values_only: bool = False) -> None:
+        """Queue one parameter's update; ``values_only``: ``delta`` is already the kept values."""
+        if values_only:
+            self._pending[key + ".val"] = delta.contiguous()
+            return
         flat = delta.flatten()
         nonzero = torch.nonzero(flat).flatten()
         # Sparse costs 8 bytes per kept entry (int32 index + float32 value), dense 4 per entry.
@@ -221,8 +282,8 @@ class UpdateRecorder:
     def on_train_end(self, model: nn.Module) -> None:
         self._flush()
         shapes = {name: list(p.shape) for name, p in model.named_parameters() if name in self.names}
-        meta = {"prune": asdict(self.prune), "layers": self.layers, "shapes": shapes,
-                "seed": self.seed}
+        meta = {"format": RECORDING_FORMAT, "prune": asdict(self.prune), "layers": self.layers,
+                "shapes": shapes, "seed": self.seed}
         atomic_write_text(self.out_dir / "recorder.json", json.dumps(meta))
         table = pa.table({
             "step": pa.array(self._index["step"], pa.int64()),
@@ -250,11 +311,26 @@ class RecordedUpdates:
         self.chunks = np.asarray(index["chunk"], dtype=np.int64)
         self.batch_ids = [np.asarray(ids, dtype=np.int64) for ids in index["sample_ids"]]
         self.meta = json.loads((self.folder / "recorder.json").read_text())
+        self.format = int(self.meta.get("format", 1))  # recordings before "format" are 1
+        if not 1 <= self.format <= RECORDING_FORMAT:
+            raise UserInputError(
+                f"{self.folder} is an update recording of format {self.format}; this version "
+                f"reads formats 1 to {RECORDING_FORMAT}: record it again or update unlearn_core"
+            )
+        prune = self.meta["prune"]
+        amount = prune["amount"]
+        # format 2 stores random pruning as values only: each step's mask is regenerated
+        self._random_amounts = (
+            PruneSpec(prune["kind"], tuple(amount) if isinstance(amount, list) else amount)
+            .validate(len(self.meta["layers"]))
+            if prune["kind"] == "random" and self.format >= 2 else None
+        )
         self._cache: tuple[int, dict[str, torch.Tensor]] | None = None
 
     @property
     def bytes_on_disk(self) -> int:
-        """Bytes kept for unlearning (seed 001's storage cost): updates plus the batch index."""
+        """Bytes kept for unlearning (seed 001's storage cost): updates plus the batch index
+        and metadata (which holds the random-pruning mask seed)."""
         return sum(f.stat().st_size for f in self.folder.iterdir() if f.is_file())
 
     def affected_steps(self, forget_ids: np.ndarray) -> np.ndarray:
@@ -280,6 +356,21 @@ class RecordedUpdates:
         if row >= len(self.steps) or self.steps[row] != step:
             raise KeyError(f"step {step} not recorded")
         tensors = self._chunk_tensors(int(self.chunks[row]))
+        if self._random_amounts is not None:
+            keep = random_keep_masks(self.meta["shapes"], self.meta["layers"],
+                                     self._random_amounts, int(self.meta["seed"]), step)
+            values = {name: tensors[f"s{step}.{name}.val"] for name in self.meta["shapes"]}
+            for name, mask in keep.items():
+                # a count mismatch means the masks are not the ones recorded (another seed,
+                # or a changed mask rule): refuse rather than place values wrongly
+                if values[name].numel() != int(mask.sum()):
+                    raise UserInputError(
+                        f"{self.folder} (format {self.format}), step {step}, {name}: "
+                        f"{values[name].numel()} stored values but the regenerated mask keeps "
+                        f"{int(mask.sum())}; the recording is damaged or was written by an "
+                        "incompatible version"
+                    )
+            return unpack_values(values, keep)
         out = {}
         for name, shape in self.meta["shapes"].items():
             key = f"s{step}.{name}"

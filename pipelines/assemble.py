@@ -19,11 +19,17 @@ per-model counts of right predictions on the forgotten / retained classes
 The ``retrain`` row is the references themselves.
 
 Metrics that need many models are computed here from the stored forget-set
-outputs (the logit-scaled confidence of each model on each forget sample):
+outputs (the logit-scaled confidence of each model on each forget sample), by
+:mod:`pipelines.many_model`:
 
-- F-score (NeurIPS 2023 forget quality): the replicates against the references,
-  the first N of each (N = the smaller count); for ``retrain``, one half of the
-  references against the other half.
+- F-score (NeurIPS 2023 forget quality), every row at the same N per side: each
+  method's first N replicates against ``references[:N]``, ``retrain`` as
+  ``references[N:2N]`` against ``references[:N]`` (N = the smallest replicate
+  count; the score of identical distributions depends on N, so rows at different
+  N would not compare). The table states N (column "F-score N" and a caption
+  line); with fewer than 2N references the retrain row is "–" and the caption
+  says why. Beside it, the
+  share of examples whose ε hit the cap (``fscore/eps_capped_frac``).
 - U-LiRA accuracy (Hayes et al. 2024, ``ulira_metrics`` with leave-one-out
   fits): all replicates against all references; for ``retrain``, half against
   half. It needs at least 3 models in each set, else the cell is "–". 50 % =
@@ -51,6 +57,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from pipelines.many_model import (
+    FSCORE_BOOT,
+    ULIRA_MIN_MODELS,
+    FscorePlan,
+    add_many_model_metrics,
+    add_ulira,
+    apply_results,
+    fscore_notes,
+    fscore_plan,
+    fscore_tasks,
+)
 from pipelines.plots import layer_names, write_plots
 from pipelines.store import ResultsStore
 from pipelines.tables import (
@@ -68,6 +85,7 @@ from pipelines.tables import (
     relearn_cell,
     to_latex,
     to_markdown,
+    write_epsilons,
     write_table,
 )
 from pipelines.tasks_pool import PARALLEL_MIN_COST, Task, available_cpus, run_tasks
@@ -75,8 +93,7 @@ from unlearn_core.data.manifest import MANIFEST_FILE
 from unlearn_core.errors import UserInputError
 from unlearn_core.io import atomic_write_text
 from unlearn_core.metrics.accuracy import forgetting_metrics
-from unlearn_core.metrics.fscore import fscore_metrics, logit_scaled_confidence
-from unlearn_core.metrics.ulira import ulira_metrics
+from unlearn_core.metrics.fscore import logit_scaled_confidence
 from unlearn_core.outputs import (
     flat_logits,
     logits_matrix,
@@ -90,21 +107,21 @@ from unlearn_core.outputs import (
 
 __all__ = [
     # defined here
-    "ClassAccuracy", "add_class_accuracies", "add_fscores", "add_many_model_metrics",
-    "add_ulira", "assemble", "confidences_by_model", "forget_classes", "forget_confidences",
-    "method_rows", "output_paths", "read_model_outputs", "read_summary", "tensor_order",
-    # re-exported from pipelines.tables, pipelines.tasks_pool and pipelines.plots
-    "COLUMNS", "CORE_COLUMNS", "DASH", "GAP_MEAN_ATTACKS", "MIA_TITLES", "PARALLEL_MIN_COST",
-    "REFERENCE_ROW", "Task", "available_cpus", "build_mia_table", "build_table",
-    "drop_empty_columns", "extra_column", "mean_metric", "relearn_cell", "run_tasks", "to_latex",
-    "to_markdown", "write_plots", "write_table",
+    "ClassAccuracy", "add_class_accuracies", "add_fscores", "assemble",
+    "confidences_by_model", "forget_classes", "forget_confidences", "method_rows",
+    "output_paths", "read_model_outputs", "read_summary", "tensor_order",
+    # re-exported from pipelines.tables, pipelines.tasks_pool, pipelines.many_model and
+    # pipelines.plots
+    "COLUMNS", "CORE_COLUMNS", "DASH", "FSCORE_BOOT", "GAP_MEAN_ATTACKS", "MIA_TITLES",
+    "PARALLEL_MIN_COST", "REFERENCE_ROW", "ULIRA_MIN_MODELS", "FscorePlan", "Task",
+    "add_many_model_metrics", "add_ulira", "available_cpus", "build_mia_table", "build_table",
+    "drop_empty_columns", "extra_column", "fscore_notes", "fscore_plan", "mean_metric",
+    "relearn_cell", "run_tasks", "to_latex", "to_markdown", "write_plots", "write_table",
 ]
 
-ULIRA_MIN_MODELS = 3  # leave-one-out fits need >= 3 models per set
 READ_THREADS = 16  # concurrent small reads (JSON records, file infos): object-store latency
 CONFIDENCE_CHUNK = 64  # models per logit-scaled-confidence call (bounds float64 temporaries)
 BATCH_ROWS = 1 << 16  # rows per streamed batch
-FSCORE_BOOT = 50  # bootstrap replicates of the forget quality's interval (config default)
 
 
 def _open(store: ResultsStore | str | Path) -> ResultsStore:
@@ -191,24 +208,6 @@ def forget_confidences(outputs: pa.Table, model_ids: Sequence[str]) -> dict[str,
     if not ordered:
         return {}
     return confidences_by_model(logits, labels, ordered)
-
-
-def _stack(confidences: dict[str, np.ndarray], ids: Sequence[str]) -> np.ndarray | None:
-    present = [confidences[i] for i in ids if i in confidences]
-    return np.stack(present) if present else None
-
-
-def _model_sets(method: str, row: dict, ref_ids: list[str],
-                same_count: bool) -> tuple[list[str], list[str]]:
-    """(unlearned ids, retrained ids): half vs half of the references for ``retrain``;
-    else the replicates vs the references (the first N of each when ``same_count``)."""
-    if method == REFERENCE_ROW:
-        half = len(ref_ids) // 2
-        return ref_ids[:half], ref_ids[half:2 * half]
-    if same_count:
-        n = min(len(row["model_ids"]), len(ref_ids))
-        return row["model_ids"][:n], ref_ids[:n]
-    return list(row["model_ids"]), list(ref_ids)
 
 
 # ---- reading the outputs of committed models
@@ -358,87 +357,18 @@ def _confidences(forget: pa.Table) -> dict[str, np.ndarray]:
     return confidences_by_model(logits, labels, ordered)
 
 
-def _fscore_tasks(rows: dict[str, dict], confidences: dict[str, np.ndarray],
-                  n_boot: int = FSCORE_BOOT) -> list[Task]:
-    """Per row with >= 2 models: its F-score metrics and its per-example ε."""
-    from unlearn_core.metrics.fscore import per_example_epsilons
-
-    ref_ids = [i for i in rows[REFERENCE_ROW]["model_ids"] if i in confidences]
-    refs = rows[REFERENCE_ROW]["metrics"]
-    ref_acc = {"retain_acc_r": mean_metric(refs, "retain/acc"),
-               "test_acc_r": mean_metric(refs, "test/acc")}
-    tasks = []
-    for method, row in rows.items():
-        present = {**row, "model_ids": [i for i in row["model_ids"] if i in confidences]}
-        unlearned_ids, retrained_ids = _model_sets(method, present, ref_ids, same_count=True)
-        if len(unlearned_ids) < 2:
-            continue  # the ε of one model against one model is not defined
-        u = _stack(confidences, unlearned_ids)
-        r = _stack(confidences, retrained_ids)
-        accuracies = {**ref_acc, "retain_acc_u": mean_metric(row["metrics"], "retain/acc"),
-                      "test_acc_u": mean_metric(row["metrics"], "test/acc")}
-        # cost ~ examples x scorings (the bootstrap rescores n_boot times); the per-example
-        # work hardly grows with the model count, which only breaks ties (biggest first)
-        n_models, n_examples = u.shape
-        tasks.append(Task("fscore", method, fscore_metrics, (u, r, accuracies),
-                           {"n_boot": n_boot}, n_examples * (n_boot + 1) + n_models))
-        tasks.append(Task("epsilons", method, per_example_epsilons, (u, r), {},
-                           n_examples + n_models))
-    return tasks
-
-
-def _ulira_tasks(rows: dict[str, dict], confidences: dict[str, np.ndarray]) -> list[Task]:
-    """Per row where both sets hold >= 3 models: its U-LiRA metrics."""
-    ref_ids = [i for i in rows[REFERENCE_ROW]["model_ids"] if i in confidences]
-    tasks = []
-    for method, row in rows.items():
-        present = {**row, "model_ids": [i for i in row["model_ids"] if i in confidences]}
-        unlearned_ids, retrained_ids = _model_sets(method, present, ref_ids, same_count=False)
-        if min(len(unlearned_ids), len(retrained_ids)) < ULIRA_MIN_MODELS:
-            continue
-        u, r = _stack(confidences, unlearned_ids), _stack(confidences, retrained_ids)
-        tasks.append(Task("ulira", method, ulira_metrics, (u, r), {}, u.shape[1]))
-    return tasks
-
-
-def _apply(rows: dict[str, dict], tasks: list[Task], results: list) -> dict[str, np.ndarray]:
-    """Store each task's result in its row; return the per-example ε per method, in row
-    order."""
-    epsilons = {}
-    for task, result in zip(tasks, results, strict=True):
-        if task.kind == "epsilons":
-            epsilons[task.method] = result
-        else:
-            rows[task.method][task.kind] = result
-    return {m: epsilons[m] for m in rows if m in epsilons}
-
-
 def add_fscores(store: ResultsStore, rows: dict[str, dict],
                 confidences: dict[str, np.ndarray] | None = None,
-                experiment: str | None = None, workers: int | None = 1
-                ) -> dict[str, np.ndarray]:
-    """Add forget quality and final score to each row; return per-example ε per method.
-    Without ``confidences`` they are read from the store (``experiment``: the one in
-    summary.json, by default the store's). ``workers``: see ``run_tasks``."""
+                experiment: str | None = None, workers: int | None = 1,
+                n_boot: int = FSCORE_BOOT) -> dict[str, np.ndarray]:
+    """Add forget quality and final score to each row (``fscore_plan``: every row at one
+    N); return per-example ε per method. Without ``confidences`` they are read from
+    the store (``experiment``: the one in summary.json, by default the store's).
+    ``workers``: see ``run_tasks``."""
     if confidences is None:
         confidences = _read_confidences(store, experiment or store.experiment, rows)
-    tasks = _fscore_tasks(rows, confidences)
-    return _apply(rows, tasks, run_tasks(tasks, workers))
-
-
-def add_ulira(rows: dict[str, dict], confidences: dict[str, np.ndarray],
-              workers: int | None = 1) -> None:
-    """Add ``row["ulira"]`` (``ulira_metrics``) where both sets hold >= 3 models."""
-    tasks = _ulira_tasks(rows, confidences)
-    _apply(rows, tasks, run_tasks(tasks, workers))
-
-
-def add_many_model_metrics(rows: dict[str, dict], confidences: dict[str, np.ndarray],
-                           workers: int | None = None,
-                           n_boot: int = FSCORE_BOOT) -> dict[str, np.ndarray]:
-    """``add_fscores`` and ``add_ulira`` as one batch of tasks (one process pool)."""
-    tasks = _fscore_tasks(rows, confidences, n_boot) + _ulira_tasks(rows, confidences)
-    return _apply(rows, tasks, run_tasks(tasks, workers))
+    plan, tasks = fscore_tasks(rows, confidences, n_boot)
+    return apply_results(rows, tasks, run_tasks(tasks, workers), plan)
 
 
 def tensor_order(store: ResultsStore, summary: dict) -> list[str] | None:
@@ -504,11 +434,11 @@ def assemble(store: ResultsStore | str | Path, workers: int | None = None,
     _add_per_model(rows, per_model)
     confidences = _confidences(forget)
     del forget
-    epsilons = add_many_model_metrics(rows, confidences, workers, bootstrap)
+    plan, epsilons = add_many_model_metrics(rows, confidences, workers, bootstrap)
     staging = Path(tempfile.mkdtemp(prefix="unlearn-assemble-"))
     tables = staging / "tables"
     header, body = build_table(rows, extra=list(config.get("table_columns", [])))
-    markdown = write_table(tables, "results", header, body)
+    markdown = write_table(tables, "results", header, body, fscore_notes(plan))
     mia_header, mia_body = build_mia_table(rows)
     mia_markdown = ""
     if len(mia_header) > 2:
@@ -518,6 +448,7 @@ def assemble(store: ResultsStore | str | Path, workers: int | None = None,
                       "n": len(r["metrics"])}
                   for m, r in rows.items()}
     atomic_write_text(tables / "methods.json", json.dumps(per_method, indent=1, default=float))
+    write_epsilons(tables, epsilons)  # the report draws per-method ε histograms from them
     # building the architecture imports the model zoo: only when there is a layer plot
     order = tensor_order(store, summary) if layer_names(rows) else None
     plots = write_plots(staging / "plots", rows, epsilons, order)

@@ -266,16 +266,25 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _add_tables(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tables", help="recompute tables and plots from a results folder",
+    p = sub.add_parser("tables", help="recompute tables and plots from results folders",
                        description="Recompute the paper-style tables (Markdown, CSV, LaTeX) "
-                                   "and plots from the stored outputs, without retraining.",
+                                   "and plots from the stored outputs, without retraining. "
+                                   "Given several experiments (of one dataset), also print "
+                                   "their rows in one table, with a column per config field "
+                                   "that differs between them.",
                        epilog="Example: unlearn tables results/quickstart-digits-class3  "
-                              "or  unlearn tables s3://bucket/prefix/quickstart-digits-class3")
-    p.add_argument("results_dir", help="an experiment's results folder or URI")
+                              "or  unlearn tables s3://bucket/prefix/quickstart-digits-class3"
+                              "  or  unlearn tables results/seed004-digits-class3-dense "
+                              "results/seed004-digits-class3-sparse95 --out results/seed004")
+    p.add_argument("results_dirs", nargs="+", metavar="results_dir",
+                   help="an experiment's results folder or URI (several: one combined table)")
     p.add_argument("--bootstrap", type=int, default=None, metavar="N",
                    help="bootstrap replicates of the forget quality's interval (default: the "
                         "config's metrics.fscore_bootstrap, 50; 0: none; each costs one "
                         "scoring of every forget example per row)")
+    p.add_argument("--out", default=None, metavar="FOLDER",
+                   help="with several experiments: write the combined tables here as "
+                        "combined.{md,csv,tex} and combined_mia.{md,csv,tex}")
     p.set_defaults(func=cmd_tables)
 
 
@@ -284,17 +293,36 @@ def cmd_tables(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pipelines.assemble import assemble
-    from pipelines.store import ResultsStore
+    from pipelines.compare import combined_table, open_experiments
+    from pipelines.tables import to_markdown, write_table
 
-    store = ResultsStore.open(args.results_dir)
     if args.bootstrap is not None and args.bootstrap < 0:
         raise UserInputError(f"--bootstrap {args.bootstrap}: expected 0 or more")
-    assembled = assemble(store, bootstrap=args.bootstrap)
-    print(assembled["markdown"])
-    print(f"tables {store.store.url('tables')}")
-    for path in assembled["plots"]:
-        print(f"plot   {store.store.url('plots/' + path.name)}")
-    shutil.rmtree(Path(assembled["tables"]).parent, ignore_errors=True)  # local staging
+    # every experiment is opened (and the datasets compared) before any is assembled
+    stores, configs = open_experiments(args.results_dirs)
+    several = len(stores) > 1
+    for store in stores:
+        assembled = assemble(store, bootstrap=args.bootstrap)
+        if several:
+            print(f"## {store.experiment}\n")
+        print(assembled["markdown"])
+        print(f"tables {store.store.url('tables')}")
+        for path in assembled["plots"]:
+            print(f"plot   {store.store.url('plots/' + path.name)}")
+        shutil.rmtree(Path(assembled["tables"]).parent, ignore_errors=True)  # local staging
+        if several:
+            print()
+    if not several:
+        return 0
+    for name, out_name in (("results", "combined"), ("mia", "combined_mia")):
+        combined = combined_table(stores, configs, name)
+        if combined is None:
+            continue
+        print(f"## all experiments: {name}\n")
+        print(to_markdown(*combined))
+        if args.out:
+            write_table(Path(args.out), out_name, *combined)
+            print(f"table  {Path(args.out) / (out_name + '.md')}")
     return 0
 
 
@@ -308,8 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(sub)
     _add_train(sub)
     _add_run(sub)
+    from pipelines import jobs, submit  # light: Ray's SDK is imported only when they run
+
+    submit.register(sub)
+    jobs.register(sub)
     _add_methods(sub)
     _add_tables(sub)
+    from pipelines import cli_results  # status, report: light until they run
+
+    cli_results.register(sub)
     return parser
 
 

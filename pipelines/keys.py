@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -22,3 +23,36 @@ def normalise_hparams(values: dict) -> dict:
             value = value.item()
         out[key] = value
     return out
+
+
+# Seeds of the unlearning runs. Every sweep trial trains with ``SWEEP_SEED``
+# (``pipelines.sweep.sweep_method``'s default, which ``unlearn run`` uses), and a
+# trial's key hashes (source, method, hparams, seed): a replicate of the best config
+# with a sweep seed would BE the selected sweep trial (same key, its stored record
+# reused), so the table would score the run that won the selection (selection bias).
+# Replicates therefore draw their seeds from ``REPLICATE_SEED_OFFSET`` up, disjoint
+# from every sweep seed.
+SWEEP_SEED = 0
+SWEEP_SEEDS = frozenset({SWEEP_SEED})
+REPLICATE_SEED_OFFSET = 1_000_000
+
+
+def replicate_seeds(count: int, sweep_seeds: frozenset[int] | set[int] = SWEEP_SEEDS
+                    ) -> list[int]:
+    """The seeds of ``count`` replicates of a method's best config: ``REPLICATE_SEED_OFFSET
+    + i``, never a seed any sweep trial used (refused otherwise)."""
+    seeds = [REPLICATE_SEED_OFFSET + i for i in range(count)]
+    shared = sorted(set(seeds) & set(sweep_seeds))
+    if shared:
+        raise ValueError(f"replicate seeds {shared} are sweep seeds too: a replicate would "
+                         "be the selected sweep trial itself")
+    return seeds
+
+
+def replicate_jobs(best: Mapping[str, dict | None], count: int) -> list[dict]:
+    """The replicate stage's jobs: each method's best hparams x ``replicate_seeds(count)``,
+    in method then seed order; a method without a best config (every trial failed) has
+    none."""
+    seeds = replicate_seeds(count)
+    return [{"method": name, "hparams": hp, "seed": seed}
+            for name, hp in best.items() if hp is not None for seed in seeds]

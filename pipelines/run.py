@@ -19,10 +19,12 @@ import yaml
 
 from pipelines.assemble import assemble
 from pipelines.config import ExperimentConfig
-from pipelines.keys import stable_hash
+from pipelines.keys import replicate_jobs, stable_hash
 from pipelines.lock import RunLock
 from pipelines.probes import ProbeSettings, reference_probes
+from pipelines.progress import StageClock, build_plan
 from pipelines.references import is_done, make_units, reference_summary, run_references
+from pipelines.report import write_report
 from pipelines.store import ResultsStore
 from pipelines.sweep import (
     SweepContext,
@@ -147,6 +149,7 @@ def run_experiment(
 def _run_locked(config: ExperimentConfig, store: ResultsStore, tracker: Tracker, smoke: bool,
                 address: str | None, num_cpus: int | None, started: float) -> dict:
     uri = tracker.uri
+    clock = StageClock(store, "prepare")  # stage wall times: status, report
     _say(f"[prepare] {config.dataset.name}, forget {config.forget}")
     dataset = load_dataset(config.dataset.name, root=config.dataset.root,
                            download=config.dataset.download, **config.dataset.options)
@@ -170,6 +173,7 @@ def _run_locked(config: ExperimentConfig, store: ResultsStore, tracker: Tracker,
     methods = [m for m in config.methods if m.name != REFERENCE_METHOD]
     record_updates = any("update_recording" in requirements(m.name) for m in methods)
     units = make_units(config, manifest.hash, record_updates)
+    store.write_plan(build_plan(config, manifest.hash, units, methods, smoke))  # status
 
     run_key = stable_hash(config.config_hash(), store.uri)
     with tracker.parent(f"run-{config.name}", run_key) as parent_id, \
@@ -183,6 +187,7 @@ def _run_locked(config: ExperimentConfig, store: ResultsStore, tracker: Tracker,
         tracker.log_artifact(Path(staging) / "config.yaml")
         tracker.log_artifact(Path(staging) / "manifest.parquet")
 
+        clock.mark("references")
         to_train = sum(not is_done(store, u) for u in units)
         _say(f"[references] source + {config.references.count} retrained models "
              f"({to_train} to train)")
@@ -227,8 +232,10 @@ def _run_locked(config: ExperimentConfig, store: ResultsStore, tracker: Tracker,
             reference_keys=tuple(u.key for u in units if u.role == "retrain"),
             probes=probes, source_sparsity=config.source.sparsity,
             max_retries=config.max_retries,
+            zero_glance_objective=config.objective.zero_glance,
         )
-        total_trials = sum(planned_trials(m) for m in methods)
+        clock.mark("sweep")
+        total_trials = sum(planned_trials(m, config.objective.zero_glance) for m in methods)
         _say(f"[sweep] {len(methods)} method(s), up to {total_trials} trials, "
              f"objective {config.objective.mode} {config.objective.metric}")
         bar = _Bar(total_trials, "sweep")
@@ -250,9 +257,9 @@ def _run_locked(config: ExperimentConfig, store: ResultsStore, tracker: Tracker,
                  f"best {best[method.name]}")
         bar.close()
 
-        jobs = [{"method": name, "hparams": hp, "seed": seed}
-                for name, hp in best.items() if hp is not None
-                for seed in range(config.replicates)]
+        clock.mark("replicate")
+        # seeds disjoint from the sweep's: no replicate is the selected trial itself
+        jobs = replicate_jobs(best, config.replicates)
         _say(f"[replicate] {len(jobs)} runs: best config x {config.replicates} seeds")
         bar = _Bar(len(jobs), "replicate")
         cpu = max(m.resources.cpu for m in methods) if methods else 1
@@ -285,6 +292,7 @@ def _run_locked(config: ExperimentConfig, store: ResultsStore, tracker: Tracker,
             "reference_probes": ref_probes,
             "config_hash": config.config_hash(),
         })
+        clock.mark("assemble")
         _say("[assemble] tables and plots")
         assembled = assemble(store)
         assemble_id = tracker.stage_run("assemble", {"stage": "assemble"}, parent_id)
@@ -295,6 +303,9 @@ def _run_locked(config: ExperimentConfig, store: ResultsStore, tracker: Tracker,
         for path in assembled["plots"]:
             tracker.log_artifact(path, "plots", run_id=assemble_id)
         shutil.rmtree(Path(assembled["tables"]).parent, ignore_errors=True)  # local staging
+        clock.finish()
+        tracker.log_artifact(write_report(store, Path(staging) / "report.html"),
+                             run_id=assemble_id)  # one self-contained HTML file
     elapsed = time.perf_counter() - started
     _say("")
     _say(assembled["markdown"])

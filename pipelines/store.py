@@ -181,6 +181,31 @@ class ResultsStore:
                                 recursive=method is None)
         return [json.loads(self.store.read_bytes(f)) for f in files]
 
+    # ------------------------------------------------------------------ progress
+
+    PLAN_FILE = "plan.json"  # what the run means to do (totals for `unlearn status`)
+    STAGES_FILE = "stages.json"  # wall-clock start and end of each stage of the last run
+
+    def write_plan(self, plan: dict) -> None:
+        """Written by ``unlearn run`` before any training: totals are not in the store
+        otherwise (a grid's size, an Optuna sweep's budget, the reference keys)."""
+        self.store.write_json(self.PLAN_FILE, plan)
+
+    def read_plan(self) -> dict | None:
+        try:
+            return self.store.read_json(self.PLAN_FILE)
+        except FileNotFoundError:
+            return None
+
+    def file_times(self, rel: str, suffix: str = "") -> dict[str, float]:
+        """{relative path: modification time (s since the epoch)} of the committed files
+        under ``rel``, from one listing: progress is counted from it without reading
+        every object (on an object store a read is a request, a listing is one per 1000)."""
+        prefix = self.store.base + "/"
+        return {info.path.removeprefix(prefix): info.mtime_ns / 1e9
+                for info in self.store._files(rel, recursive=True)
+                if info.base_name.endswith(suffix) and info.mtime_ns is not None}
+
     def trials_table(self) -> pa.Table:
         """Trials as an Arrow table: one row per trial, hparams and metrics as JSON text."""
         rows = self.trials()

@@ -1,7 +1,9 @@
 """Table cells and formatting of the assemble stage (``tables/`` of the results store).
 
 Rows are methods; columns are metrics as mean ± std over the replicates of the
-method's best config. The ``retrain`` row is the references themselves.
+method's best config. The ``retrain`` row is the references themselves. F-score
+cells compare N models per side, the same N in every row (``pipelines.many_model``;
+column "F-score N", and the caption lines ``write_table`` puts under the table).
 
 ``build_table`` makes the main table (a column that is "–" in every row is
 dropped, except the core ones), ``build_mia_table`` every MIA score with its gap
@@ -19,6 +21,7 @@ import numpy as np
 
 from pipelines.plots import mia_keys
 from unlearn_core.io import atomic_path, atomic_write_text
+from unlearn_core.metrics.mia import GAP_MEAN_ATTACKS, mia_gaps_of_means
 
 __all__ = ["COLUMNS", "CORE_COLUMNS", "DASH", "GAP_MEAN_ATTACKS", "MIA_TITLES", "REFERENCE_ROW",
            "build_mia_table", "build_table", "drop_empty_columns", "extra_column", "mean_metric",
@@ -42,7 +45,12 @@ COLUMNS = (
     ("mia/efficacy", "MIA-eff.", 100),
     ("disparity/avg", "Avg. disp.", 100),
     ("fscore/forget_quality", "Forget Q.", 1),
+    # share of forget examples whose ε hit the cap (50): scored 0 like any ε past the
+    # last bin, so this tells "cut off by the cap" from "far" (peaky or separated sets)
+    ("fscore/eps_capped_frac", "Capped ε (%)", 100),
     ("fscore/final_score", "F-score", 1),
+    # models per side of the row's F-score: the same in every scored row (many_model.py)
+    ("fscore/n_models", "F-score N", 1),
     ("ulira/accuracy", "U-LiRA acc.", 100),  # 50 = indistinguishable from retraining
     ("similarity/js", "1-JS", 1),
     ("fr", "FR", 100),  # seed 000, Eq. 15: forgetting rate
@@ -55,7 +63,7 @@ COLUMNS = (
 )
 # Always shown, even when "–" in every row; any other all-"–" column is dropped.
 CORE_COLUMNS = ("Acc D_f", "Acc D_r", "Acc D_t", "UA", "MIA-eff.", "Avg. disp.", "Forget Q.",
-                "F-score")
+                "Capped ε (%)", "F-score", "F-score N")
 
 # Short titles of the MIA table's attacks (mia.py's ATTACKS); others use their name.
 MIA_TITLES = {
@@ -66,8 +74,6 @@ MIA_TITLES = {
     "prob": "Prob.",
     "loss_lr": "Loss-LR acc.",
 }
-# The four attacks seed 002 averages into its last column (mia.py's GAP_MEAN_ATTACKS).
-GAP_MEAN_ATTACKS = ("correctness", "confidence", "entropy", "prob")
 
 
 def mean_metric(metrics: list[dict], key: str) -> float:
@@ -107,7 +113,9 @@ def _row_cell(row: dict, key: str, scale: float) -> str:
     family = key.split("/", 1)[0]
     if family in ("fscore", "ulira"):
         value = row.get(family, {}).get(key)
-        return _cell([value], scale) if value is not None else DASH
+        if value is None:
+            return DASH
+        return str(int(value)) if key == "fscore/n_models" else _cell([value], scale)
     if key == "relearn/epochs":
         return relearn_cell(row["metrics"])
     return _cell([m.get(key) for m in row["metrics"]], scale)
@@ -141,74 +149,95 @@ def build_table(rows: dict[str, dict], *, drop_empty: bool = True,
     return header, body
 
 
-def _gap_cell(row: dict, key: str, reference: float, is_reference: bool) -> str:
-    if is_reference or not np.isfinite(reference):
-        return DASH
-    return _cell([abs(v - reference) for v in _finite(m.get(key) for m in row["metrics"])], 100)
+def _gap_key(key: str) -> str:
+    """``mia/{attack}/efficacy`` or ``mia/loss_lr/accuracy`` -> ``mia/{attack}/gap``."""
+    return key.rsplit("/", 1)[0] + "/gap"
 
 
 def build_mia_table(rows: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     """Every MIA score per method and its gap to retrain (seed 002, Table 1), in %.
 
     Per attack two columns, "<title>" (``mia/{attack}/efficacy``, or the loss-LR
-    attack's ``mia/loss_lr/accuracy``) and "<title> gap": per replicate
-    |value − mean over the references|, then mean ± std over replicates (the
-    ``mia/{attack}/gap`` of ``mia_gaps``); "Mean gap" averages the gaps of
-    correctness, confidence, entropy and prob per replicate. The retrain row's
-    gaps are "–". Columns without any value are dropped.
+    attack's ``mia/loss_lr/accuracy``; mean ± std over replicates) and "<title> gap":
+    |mean over the replicates − mean over the references| (``mia_gaps_of_means``,
+    Table 1's estimator; a mean of per-replicate gaps would add each attack's
+    sampling noise to the gap). "Mean gap" averages the gaps of correctness,
+    confidence, entropy and prob. The retrain row's gaps are "–". Columns without
+    any value are dropped.
     """
     keys = mia_keys(rows)
     reference = rows.get(REFERENCE_ROW, {"metrics": []})["metrics"]
-    ref_means = {key: mean_metric(reference, key) for key, _ in keys}
     header = ["Method", "n"]
     for key, _ in keys:
         title = MIA_TITLES.get(key.split("/")[1], key.split("/")[1])
         header += [title, f"{title.removesuffix(' acc.')} gap"]
-    four = [f"mia/{a}/efficacy" for a in GAP_MEAN_ATTACKS]
     header.append("Mean gap")
     body = []
     for method, row in rows.items():
         is_reference = method == REFERENCE_ROW
+        gaps = {} if is_reference else mia_gaps_of_means(row["metrics"], reference)
         cells = [method, str(len(row["metrics"]))]
         for key, _ in keys:
             cells.append(_cell([m.get(key) for m in row["metrics"]], 100))
-            cells.append(_gap_cell(row, key, ref_means[key], is_reference))
-        mean_gaps = []
-        if not is_reference and all(np.isfinite(ref_means.get(k, np.nan)) for k in four):
-            for m in row["metrics"]:
-                gaps = [abs(m[k] - ref_means[k]) for k in four if _finite([m.get(k)])]
-                if len(gaps) == len(four):
-                    mean_gaps.append(float(np.mean(gaps)))
-        cells.append(_cell(mean_gaps, 100))
+            cells.append(_cell([gaps.get(_gap_key(key))], 100))
+        cells.append(_cell([gaps.get("mia/gap_mean")], 100))
         body.append(cells)
     return drop_empty_columns(header, body)
 
 
-def to_markdown(header: list[str], body: list[list[str]]) -> str:
+def to_markdown(header: list[str], body: list[list[str]], notes: Sequence[str] = ()) -> str:
+    """A pipe table; ``notes`` follow it after a blank line, one paragraph each."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in body]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text + "".join(f"\n{note}\n" for note in notes)
 
 
-def to_latex(header: list[str], body: list[list[str]]) -> str:
-    def esc(text: str) -> str:
-        for old, new in (("_", r"\_"), ("%", r"\%"), ("±", r"$\pm$"), ("≥", r"$\geq$"),
-                         (">", r"$>$")):
-            text = text.replace(old, new)
-        return text
+def _latex_escape(text: str) -> str:
+    for old, new in (("_", r"\_"), ("%", r"\%"), ("±", r"$\pm$"), ("≥", r"$\geq$"),
+                     (">", r"$>$"), ("ε", r"$\varepsilon$")):
+        text = text.replace(old, new)
+    return text
+
+
+def to_latex(header: list[str], body: list[list[str]], notes: Sequence[str] = ()) -> str:
+    """A booktabs tabular; ``notes`` follow it, one paragraph each."""
+    esc = _latex_escape
 
     lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
              " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
     lines += [" & ".join(esc(c) for c in r) + r" \\" for r in body]
     lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [esc(note) + r"\par" for note in notes]
     return "\n".join(lines) + "\n"
 
 
-def write_table(folder: Path, name: str, header: list[str], body: list[list[str]]) -> str:
-    """Write ``name``.md, .tex and .csv into ``folder``; return the Markdown."""
-    markdown = to_markdown(header, body)
+EPSILONS_FILE = "epsilons.parquet"  # per-example ε of the F-score, one row per (method, example)
+
+
+def write_epsilons(folder: Path, epsilons: dict[str, np.ndarray]) -> None:
+    """Keep the per-example ε of each row's F-score (``tables/epsilons.parquet``: method,
+    epsilon), so the report's histograms are drawn from numbers, not from a picture."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    methods = [m for m, eps in epsilons.items() for _ in range(len(eps))]
+    values = np.concatenate([np.asarray(e, np.float32).ravel() for e in epsilons.values()]) \
+        if epsilons else np.zeros(0, np.float32)
+    table = pa.table({"method": pa.array(methods, pa.string()).dictionary_encode(),
+                      "epsilon": pa.array(values, pa.float32())})
+    with atomic_path(folder / EPSILONS_FILE) as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_table(folder: Path, name: str, header: list[str], body: list[list[str]],
+                notes: Sequence[str] = ()) -> str:
+    """Write ``name``.md, .tex and .csv into ``folder``; return the Markdown. ``notes``
+    (caption lines, e.g. the F-score's N) follow the Markdown and LaTeX tables; the CSV
+    holds the header and rows only."""
+    markdown = to_markdown(header, body, notes)
     atomic_write_text(folder / f"{name}.md", markdown)
-    atomic_write_text(folder / f"{name}.tex", to_latex(header, body))
+    atomic_write_text(folder / f"{name}.tex", to_latex(header, body, notes))
     with atomic_path(folder / f"{name}.csv") as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)

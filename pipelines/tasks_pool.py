@@ -1,7 +1,7 @@
 """A small process pool for the many-model metrics of ``pipelines.assemble``.
 
-Each ``Task`` is a pure function of arrays (the F-score, per-example ε or U-LiRA
-of one row), so it gives the same numbers in any process. ``run_tasks`` runs them
+Each ``Task`` is a pure function of arrays (the F-score with its per-example ε, or
+the U-LiRA, of one row), so it gives the same numbers in any process. ``run_tasks`` runs them
 in this process, or, when the work is big enough to pay for starting processes
 (``PARALLEL_MIN_COST``), in fresh ``python -c`` worker processes, the biggest first.
 """
@@ -29,7 +29,7 @@ class Task:
     per-example F-score scorings (the unit of ``PARALLEL_MIN_COST``), to start the
     biggest first."""
 
-    kind: str  # "fscore", "epsilons" or "ulira"
+    kind: str  # "fscore" (metrics and per-example ε) or "ulira"
     method: str
     fn: Callable
     args: tuple

@@ -124,7 +124,9 @@ def _staging_under_tmp(tmp_path_factory):
 
 
 def _table(markdown: str) -> dict[str, dict[str, str]]:
-    lines = [line.strip().strip("|").split("|") for line in markdown.strip().splitlines()]
+    """{method: {column: cell}} of a Markdown table (the notes under it skipped)."""
+    lines = [line.strip().strip("|").split("|") for line in markdown.strip().splitlines()
+             if line.startswith("|")]
     header = [c.strip() for c in lines[0]]
     return {r[0].strip(): dict(zip(header, (c.strip() for c in r), strict=True))
             for r in lines[2:]}
@@ -184,13 +186,14 @@ def test_mia_table_gaps_to_retrain(full):
     # retrain confidence efficacies 0.1, 0.3, ... -> mean 0.2
     assert rows["retrain"]["Conf."] == "20.00 ± 10.00"
     assert rows["retrain"]["Conf. gap"] == "–"
-    assert rows["good"]["Conf. gap"] == "10.00 ± 8.16"  # |0.2-0.2|, |0.3-0.2|, |0.4-0.2|
-    assert rows["bad"]["Conf. gap"] == "45.00 ± 5.00"  # |0.6-0.2|, |0.7-0.2|
+    # gap = |mean over replicates - mean over references| (seed 002, Table 1)
+    assert rows["good"]["Conf. gap"] == "10.00"  # |0.3 - 0.2|
+    assert rows["bad"]["Conf. gap"] == "45.00"  # |0.65 - 0.2|
     assert rows["bad"]["Loss-LR acc."] == "82.50 ± 2.50"
-    assert rows["bad"]["Loss-LR gap"] == "22.50 ± 2.50"  # retrain: 0.5 + 0.2 / 2 = 0.6
-    assert rows["good"]["Entropy gap"] == "0.00 ± 0.00"
-    # mean over correctness, confidence, entropy, prob: (0 + 0.4 + 0 + 0) / 4, (0 + 0.5 ...) / 4
-    assert rows["bad"]["Mean gap"] == "11.25 ± 1.25"
+    assert rows["bad"]["Loss-LR gap"] == "22.50"  # |0.825 - 0.6|; retrain 0.5 + 0.2 / 2
+    assert rows["good"]["Entropy gap"] == "0.00"
+    # mean over correctness, confidence, entropy, prob: (0 + 0.45 + 0 + 0) / 4
+    assert rows["bad"]["Mean gap"] == "11.25"
     with (root / "tables" / "mia.csv").open() as handle:
         header = next(csv.reader(handle))
     assert header[:4] == ["Method", "n", "Correct.", "Correct. gap"]
@@ -216,8 +219,8 @@ def test_tables_staged_locally_and_uploaded(full):
     assert (root / "tables" / "results.md").read_text() == out["markdown"]
     staged = sorted(p.name for p in out["tables"].iterdir())
     assert staged == sorted(p.name for p in (root / "tables").iterdir())
-    assert staged == ["methods.json", "mia.csv", "mia.md", "mia.tex", "results.csv",
-                      "results.md", "results.tex"]
+    assert staged == ["epsilons.parquet", "methods.json", "mia.csv", "mia.md", "mia.tex",
+                      "results.csv", "results.md", "results.tex"]
     for name in staged:
         assert (out["tables"] / name).read_bytes() == (root / "tables" / name).read_bytes()
 
@@ -432,3 +435,116 @@ def test_forget_confidences_of_the_wanted_models(tmp_path):
         np.testing.assert_array_equal(values, expected[model_id])
     assert sorted(forget_confidences(table, ["a", "b", "c"])) == ["a", "b", "c"]
     assert forget_confidences(table, []) == {}
+
+
+# --------------------------------------------------------------------------
+# comparisons the tables make: F-score rows at one N, MIA gaps of means
+
+
+def _confs(ids: list[str]) -> dict[str, np.ndarray]:
+    return {i: np.full(4, float(k)) for k, i in enumerate(ids)}
+
+
+def _rows(refs: int, **methods: int) -> dict[str, dict]:
+    rows = {m: {"model_ids": [f"{m}-{s}" for s in range(n)], "metrics": [{}] * n}
+            for m, n in methods.items()}
+    rows["retrain"] = {"model_ids": [f"ref-{i}" for i in range(refs)], "metrics": [{}] * refs}
+    return rows
+
+
+def test_fscore_plan_scores_every_row_at_the_same_n():
+    from pipelines.assemble import fscore_notes, fscore_plan
+
+    rows = _rows(12, a=5, b=7)
+    plan = fscore_plan(rows, _confs([i for r in rows.values() for i in r["model_ids"]]))
+    refs = rows["retrain"]["model_ids"]
+    assert plan.n == 5 and plan.skipped == {}
+    # one comparator set for every row; retrain's own side: N other references
+    assert plan.sets["retrain"] == (refs[5:10], refs[:5])
+    assert plan.sets["a"] == (rows["a"]["model_ids"], refs[:5])
+    assert plan.sets["b"] == (rows["b"]["model_ids"][:5], refs[:5])
+    assert {len(u) for u, _ in plan.sets.values()} == {len(r) for _, r in plan.sets.values()} \
+        == {5}
+    assert "N = 5 models per side in every row" in fscore_notes(plan)[0]
+    # models without outputs do not count; a row with one model is left out, and does
+    # not pull N down
+    rows = _rows(12, a=5, b=4, c=1)
+    confs = _confs([i for r in rows.values() for i in r["model_ids"] if i != "a-0"])
+    plan = fscore_plan(rows, confs)
+    assert plan.n == 4 and plan.sets["a"][0] == ["a-1", "a-2", "a-3", "a-4"]
+    assert set(plan.sets) == {"a", "b", "retrain"} and "c" in plan.skipped
+
+
+def test_fscore_plan_too_few_references_for_retrain_says_so():
+    from pipelines.assemble import fscore_notes, fscore_plan
+
+    rows = _rows(8, a=5)
+    plan = fscore_plan(rows, _confs([i for r in rows.values() for i in r["model_ids"]]))
+    assert plan.n == 5 and "retrain" not in plan.sets
+    assert plan.sets["a"] == (rows["a"]["model_ids"], rows["retrain"]["model_ids"][:5])
+    notes = fscore_notes(plan)
+    assert "Forget Q. / F-score of retrain: not scored, needs 2N = 10 references" in notes[1]
+    assert "has 8" in notes[1]
+    # fewer references than replicates: the methods drop to the reference count
+    rows = _rows(3, a=5)
+    plan = fscore_plan(rows, _confs([i for r in rows.values() for i in r["model_ids"]]))
+    assert plan.n == 3 and len(plan.sets["a"][0]) == 3 and "retrain" in plan.skipped
+
+
+def test_assembled_retrain_and_method_rows_use_the_same_n(tmp_path):
+    from unlearn_core.metrics.fscore import fscore_metrics
+
+    root = tmp_path / EXPERIMENT
+    confidences = make_results(root, n_refs=10, methods={"a": [_base(0.2)] * 5,
+                                                         "b": [_base(0.3)] * 6},
+                               extras=False)
+    out = assemble(root, workers=1, bootstrap=4)
+    rows = out["rows"]
+    refs = [f"retrain-{i}" for i in range(10)]
+    for method in ("a", "b", "retrain"):
+        assert rows[method]["fscore"]["fscore/n_models"] == 5.0
+    assert rows["retrain"]["fscore_sets"] == {"unlearned": refs[5:], "retrained": refs[:5]}
+    assert rows["b"]["fscore_sets"]["unlearned"] == [f"b-{s}" for s in range(5)]
+    # the numbers are those of the sets named, at bootstrap 4 (the accuracies: the
+    # models scored; all retain 0.9, test 0.8 here)
+    accs = {"retain_acc_u": 0.9, "retain_acc_r": 0.9, "test_acc_u": 0.8, "test_acc_r": 0.8}
+    for method, ids in (("retrain", refs[5:]), ("b", [f"b-{s}" for s in range(5)])):
+        expected = fscore_metrics(np.stack([confidences[i] for i in ids]),
+                                  np.stack([confidences[i] for i in refs[:5]]), accs,
+                                  n_boot=4)
+        assert rows[method]["fscore"] == expected
+    table = _table(out["markdown"])
+    assert table["a"]["F-score N"] == table["b"]["F-score N"] == table["retrain"]["F-score N"] \
+        == "5"
+    assert table["a"]["Capped ε (%)"] == \
+        f"{rows['a']['fscore']['fscore/eps_capped_frac'] * 100:.2f}"
+    assert "N = 5 models per side in every row" in out["markdown"]
+    assert "N = 5" in (root / "tables" / "results.tex").read_text()
+    # 8 references for N = 5: the retrain row is "–" and the caption says why
+    few = tmp_path / "few" / EXPERIMENT
+    make_results(few, n_refs=8, methods={"a": [_base(0.2)] * 5}, extras=False)
+    out = assemble(few, workers=1, bootstrap=0)
+    assert _table(out["markdown"])["retrain"]["Forget Q."] == "–"
+    assert _table(out["markdown"])["retrain"]["F-score N"] == "–"
+    assert out["rows"]["a"]["fscore"]["fscore/n_models"] == 5.0
+    assert "retrain: not scored, needs 2N = 10 references (N against N others), has 8" \
+        in out["markdown"]
+
+
+def test_mia_gap_is_the_gap_of_the_means():
+    from pipelines.tables import build_mia_table
+
+    four = ("correctness", "confidence", "entropy", "prob")
+    rows = {
+        "m": {"metrics": [{f"mia/{a}/efficacy": v for a in four} for v in (0.1, 0.3)]},
+        "far": {"metrics": [{f"mia/{a}/efficacy": v for a in four} for v in (0.5, 0.7)]},
+        "retrain": {"metrics": [{f"mia/{a}/efficacy": 0.2 for a in four}] * 3},
+    }
+    header, body = build_mia_table(rows)
+    cells = {r[0]: dict(zip(header, r, strict=True)) for r in body}
+    # replicates 0.1 and 0.3 around the references' 0.2: gap 0 (a mean of per-replicate
+    # gaps would say 10)
+    assert cells["m"]["Conf. gap"] == "0.00" and cells["m"]["Mean gap"] == "0.00"
+    assert cells["far"]["Conf. gap"] == "40.00" and cells["far"]["Mean gap"] == "40.00"
+    assert cells["m"]["Conf."] == "20.00 ± 10.00"
+    assert cells["retrain"]["Conf. gap"] == "–" and cells["retrain"]["Mean gap"] == "–"

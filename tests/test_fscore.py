@@ -22,11 +22,13 @@ from unlearn_core.metrics.fscore import (
     _per_example_epsilon_reference,
     _per_example_epsilons_loop,
     bin_edges,
+    capped_fraction,
     epsilon_scores,
     final_score,
     forget_quality,
     forget_quality_bootstrap,
     fscore_metrics,
+    fscore_metrics_and_epsilons,
     logit_scaled_confidence,
     per_example_epsilons,
 )
@@ -190,6 +192,27 @@ def test_batched_identical_to_per_example_loop(n_models):
             assert np.array_equal(per_example_epsilons(u[:, :400], r[:, :400]), loop[:400])
         finally:
             fsb._BATCH, fsb._BUCKETS = old
+
+
+@pytest.mark.parametrize("n_models", [2, 3, 5, 16, 32, 40])
+def test_pair_search_identical_to_branch_and_bound(n_models):
+    # The pair search (small N) settles most examples itself and hands the rest to the
+    # branch and bound: with any number of checks per example, the very same floats as
+    # the branch and bound alone and the per-example loop.
+    from unlearn_core.metrics import _fscore_pairs as fsp
+
+    u, r = _batched_vs_loop_cases(n_models, seed=100 + n_models)
+    loop = _per_example_epsilons_loop(u, r)
+    assert fsp._PAIR_MAX_N >= n_models  # the pair search is the path taken here
+    old = fsp._PAIR_ROUNDS, fsb._PAIR_MAX_N
+    try:
+        for rounds in (1, 2, 6, 50):
+            fsp._PAIR_ROUNDS = rounds
+            assert np.array_equal(per_example_epsilons(u, r), loop), rounds
+        fsb._PAIR_MAX_N = 0  # branch and bound only
+        assert np.array_equal(per_example_epsilons(u, r), loop)
+    finally:
+        fsp._PAIR_ROUNDS, fsb._PAIR_MAX_N = old
 
 
 def test_batched_matches_reference_on_hard_cases():
@@ -386,3 +409,65 @@ def test_input_validation():
         per_example_epsilons(np.zeros((1, 3)), np.zeros((1, 3)))
     with pytest.raises(ValueError):
         per_example_epsilons(np.full((4, 3), np.nan), np.zeros((4, 3)))
+
+
+# --------------------------------------------------------------------------
+# share of examples at the eps cap (fscore/eps_capped_frac)
+
+
+def _four_cases() -> tuple[np.ndarray, np.ndarray]:
+    """N = 4 models, 4 examples (columns), two of them at the cap by construction:
+    0 peaky (u ranges 3, r 0.003: ratio 0.001 < 0.01), 1 perfectly separated (a
+    threshold between the sets has FPR = FNR = 0: inf, clipped to 50), 2 identical
+    sets (every threshold has TPR = FPR: eps 0), 3 interleaved (eps log(2 - 4 delta),
+    ``test_hand_computed_interleaved_case``)."""
+    base = np.array([0.0, 1.0, 2.0, 3.0])
+    u = np.stack([base, base, base, base], axis=1)
+    r = np.stack([0.001 * base, base + 10.0, base, base + 0.5], axis=1)
+    return u, r
+
+
+def test_capped_fraction_hand_computed():
+    assert capped_fraction(np.array([0.0, 50.0, 49.99, 50.0])) == 0.5
+    assert capped_fraction(np.array([EPSILON_CAP])) == 1.0
+    assert capped_fraction(np.zeros(3)) == 0.0
+    assert math.isnan(capped_fraction(np.zeros(0)))
+    u, r = _four_cases()
+    eps = per_example_epsilons(u, r)
+    assert eps[0] == eps[1] == EPSILON_CAP
+    assert eps[2] == 0.0
+    assert eps[3] == pytest.approx(math.log(1 - DELTA - 0.5) - math.log(0.25), abs=1e-12)
+    np.testing.assert_array_equal(eps, reference_eps(u, r))  # as the released code
+    metrics = fscore_metrics(u, r, n_boot=0)
+    assert metrics["fscore/eps_capped_frac"] == 0.5  # examples 0 and 1 of 4
+    # the capped examples score 0, as any eps past the last bin: F alone cannot tell them
+    # from merely distant ones. N = 4: eps 0 scores 1, eps in [0.5, 1) scores 1/2.
+    assert metrics["fscore/forget_quality"] == (0 + 0 + 1 + 0.5) / 4
+
+
+def test_capped_fraction_properties():
+    rng = np.random.default_rng(21)
+    u = rng.normal(0.0, 1.0, (6, 80))
+    r = rng.normal(1.5, 1.0, (6, 80))
+    u[:, :10] = 0.25 + 1e-4 * rng.normal(size=(6, 10))  # collapsed: peaky, at the cap
+    eps = per_example_epsilons(u, r)
+    frac = fscore_metrics(u, r, n_boot=0)["fscore/eps_capped_frac"]
+    assert frac == np.mean(eps == EPSILON_CAP)
+    assert frac >= 10 / 80
+    # it depends on the examples' eps only: the models' order and the examples' order
+    # do not change it
+    order = rng.permutation(6)
+    cols = rng.permutation(80)
+    again = fscore_metrics(u[order][:, cols], r[rng.permutation(6)][:, cols], n_boot=0)
+    assert again["fscore/eps_capped_frac"] == frac
+
+
+def test_fscore_metrics_and_epsilons_compute_eps_once():
+    rng = np.random.default_rng(22)
+    u, r = rng.normal(0, 1, (5, 40)), rng.normal(0.3, 1, (5, 40))
+    accs = {"retain_acc_u": 0.9, "retain_acc_r": 1.0, "test_acc_u": 0.8, "test_acc_r": 0.8}
+    metrics, eps = fscore_metrics_and_epsilons(u, r, accs, n_boot=3)
+    np.testing.assert_array_equal(eps, per_example_epsilons(u, r))
+    assert metrics == fscore_metrics(u, r, accs, n_boot=3)
+    with pytest.raises(ValueError, match="epsilons must have shape"):
+        fscore_metrics(u, r, epsilons=eps[:-1])

@@ -15,6 +15,7 @@ from unlearn_core.metrics.mia import (
     entropy,
     loss_lr_mia,
     mia_gaps,
+    mia_gaps_of_means,
     mia_metrics,
     modified_entropy,
     svc_attack,
@@ -201,3 +202,39 @@ def test_mia_gaps_arithmetic():
     assert g["mia/gap"] == pytest.approx(0.0185)
     assert g["mia/gap_mean"] == pytest.approx(0.0441, abs=1e-4)
     assert "test/gap" not in g and "mia/modified_entropy/gap" not in g
+
+
+def test_mia_gaps_of_means_hand_computed():
+    """Seed 002's estimator: |mean over replicates - mean over references| per score."""
+    reps = [
+        {"mia/correctness/efficacy": 0.5, "mia/confidence/efficacy": 0.1,
+         "mia/entropy/efficacy": 0.3, "mia/prob/efficacy": 0.9, "mia/efficacy": 0.1,
+         "mia/loss_lr/accuracy": 0.6, "test/acc": 0.7},
+        {"mia/correctness/efficacy": 0.7, "mia/confidence/efficacy": 0.3,
+         "mia/entropy/efficacy": 0.3, "mia/prob/efficacy": float("nan"), "mia/efficacy": 0.3,
+         "mia/loss_lr/accuracy": 0.8},
+    ]
+    refs = [
+        {"mia/correctness/efficacy": 0.4, "mia/confidence/efficacy": 0.2,
+         "mia/entropy/efficacy": 0.1, "mia/prob/efficacy": 0.5, "mia/efficacy": 0.2},
+        {"mia/correctness/efficacy": 0.6, "mia/confidence/efficacy": 0.2,
+         "mia/entropy/efficacy": 0.3, "mia/prob/efficacy": 0.5, "mia/efficacy": 0.2},
+    ]
+    g = mia_gaps_of_means(reps, refs)
+    assert g["mia/correctness/gap"] == pytest.approx(0.1)  # |0.6 - 0.5|
+    # replicates at 0.1 and 0.3 straddle the references' 0.2: their mean sits on it, so
+    # the gap is 0, where the mean of per-replicate gaps (|0.1-0.2|, |0.3-0.2|) says 0.1
+    assert g["mia/confidence/gap"] == pytest.approx(0.0, abs=1e-15)
+    assert np.mean([mia_gaps(m, {"mia/confidence/efficacy": 0.2})["mia/confidence/gap"]
+                    for m in reps]) == pytest.approx(0.1)
+    assert g["mia/entropy/gap"] == pytest.approx(0.1)  # |0.3 - 0.2|
+    assert g["mia/prob/gap"] == pytest.approx(0.4)  # nan skipped: |0.9 - 0.5|
+    assert g["mia/gap"] == pytest.approx(0.0, abs=1e-15)  # headline = confidence
+    assert g["mia/gap_mean"] == pytest.approx((0.1 + 0.0 + 0.1 + 0.4) / 4)
+    assert "mia/loss_lr/gap" not in g  # no reference value
+    assert "test/gap" not in g
+    # one attack without any reference value: no mean gap over the four
+    partial = mia_gaps_of_means(reps, [{k: v for k, v in m.items() if "prob" not in k}
+                                       for m in refs])
+    assert "mia/gap_mean" not in partial and "mia/prob/gap" not in partial
+    assert mia_gaps_of_means([], refs) == {}

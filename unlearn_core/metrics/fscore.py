@@ -7,8 +7,9 @@ SPEC.md ("Across many models") prescribes. This module is a numpy port: the
 per-example loop ``_per_example_epsilon_reference`` (in ``_fscore_exact``)
 follows the released code line by line, and ``per_example_epsilons``
 computes the same numbers from sorted values and counts, vectorised over
-examples and thresholds (``_fscore_batched``; both private modules' docstrings
-describe the algorithms).
+examples and thresholds (``_fscore_batched``, with the pair search of
+``_fscore_pairs`` for small N; the private modules' docstrings describe the
+algorithms).
 
 Inputs are per-(model, forget example) statistics, arrays ``[n_models,
 n_examples]``: the N unlearned models' values and the N retrained models'.
@@ -130,11 +131,13 @@ __all__ = [
     "PEAKY_RATIO",
     "THRESHOLDS_PER_UNIT",
     "bin_edges",
+    "capped_fraction",
     "epsilon_scores",
     "final_score",
     "forget_quality",
     "forget_quality_bootstrap",
     "fscore_metrics",
+    "fscore_metrics_and_epsilons",
     "logit_scaled_confidence",
     "per_example_epsilons",
 ]
@@ -211,6 +214,14 @@ def epsilon_scores(eps: np.ndarray, n_models: int) -> np.ndarray:
     return np.where(idx < edges.size, 2.0 ** (-idx), 0.0)
 
 
+def capped_fraction(eps: np.ndarray) -> float:
+    """Share of examples whose eps hit the cap (``EPSILON_CAP`` = 50): peaky sets,
+    perfect separation, or an attack past 50. Forget quality scores them 0 like any
+    eps past the last bin, so F alone cannot tell "far" from "cut off by the cap"."""
+    eps = np.asarray(eps, dtype=np.float64)
+    return float((eps >= EPSILON_CAP).mean()) if eps.size else float("nan")
+
+
 def forget_quality(
     unlearned_confs: np.ndarray, retrained_confs: np.ndarray, delta: float = DELTA
 ) -> float:
@@ -279,6 +290,7 @@ def fscore_metrics(
     seed: int = 0,
     ci: float = 0.95,
     delta: float = DELTA,
+    epsilons: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All F-score metrics under ``fscore/`` keys.
 
@@ -288,15 +300,19 @@ def fscore_metrics(
             ``test_acc_r`` (means over the N models); without them
             ``fscore/final_score`` is nan.
         n_boot: bootstrap replicates for the interval (0 skips it: nan bounds).
+        epsilons: ``per_example_epsilons(unlearned_confs, retrained_confs, delta)``
+            when the caller has it already (not recomputed).
 
     Keys: ``fscore/forget_quality``, ``fscore/final_score``, ``fscore/fq_ci_low``,
     ``fscore/fq_ci_high``, ``fscore/eps_mean``, ``fscore/eps_median``,
-    ``fscore/eps_capped_frac`` (share of examples at eps = 50), ``fscore/n_models``,
+    ``fscore/eps_capped_frac`` (``capped_fraction``), ``fscore/n_models``,
     ``fscore/n_examples``.
     """
     u, r = _validate(unlearned_confs, retrained_confs)
     n_models, n_examples = u.shape
-    eps = per_example_epsilons(u, r, delta)
+    eps = per_example_epsilons(u, r, delta) if epsilons is None else np.asarray(epsilons)
+    if eps.shape != (n_examples,):
+        raise ValueError(f"epsilons must have shape ({n_examples},), got {eps.shape}")
     fq = float(epsilon_scores(eps, n_models).mean())
     if accuracies is not None:
         fs = final_score(
@@ -316,7 +332,23 @@ def fscore_metrics(
         "fscore/fq_ci_high": high,
         "fscore/eps_mean": float(eps.mean()),
         "fscore/eps_median": float(np.median(eps)),
-        "fscore/eps_capped_frac": float((eps >= EPSILON_CAP).mean()),
+        "fscore/eps_capped_frac": capped_fraction(eps),
         "fscore/n_models": float(n_models),
         "fscore/n_examples": float(n_examples),
     }
+
+
+def fscore_metrics_and_epsilons(
+    unlearned_confs: np.ndarray,
+    retrained_confs: np.ndarray,
+    accuracies: Mapping[str, float] | None = None,
+    *,
+    n_boot: int = 100,
+    seed: int = 0,
+) -> tuple[dict[str, float], np.ndarray]:
+    """``(fscore_metrics(...), per_example_epsilons(...))`` with the eps computed once
+    (the tables need both: the metrics and the eps histogram)."""
+    eps = per_example_epsilons(unlearned_confs, retrained_confs)
+    metrics = fscore_metrics(unlearned_confs, retrained_confs, accuracies, n_boot=n_boot,
+                             seed=seed, epsilons=eps)
+    return metrics, eps

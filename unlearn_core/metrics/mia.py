@@ -206,3 +206,31 @@ def mia_gaps(
     if all(g is not None for g in four):
         out["mia/gap_mean"] = float(np.mean(four))
     return out
+
+
+def _finite_mean(values: Sequence[float | None]) -> float:
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def mia_gaps_of_means(
+    metrics: Sequence[Mapping[str, float]], retrain_metrics: Sequence[Mapping[str, float]]
+) -> dict[str, float]:
+    """A method's MIA gaps as seed 002's Table 1 reports them: per score,
+    |mean over the method's replicates − mean over the retrained models|.
+
+    Not the mean of per-replicate gaps (``mia_gaps`` of each replicate): each
+    replicate's attack score carries the attack's own sampling noise, and
+    |x − m| of a noisy x is biased upwards (two replicates at m ± 0.1 average to a
+    gap of 0.1 although their mean sits on m). Means skip missing and non-finite
+    values; a score without any finite value on either side gets no gap. Keys as
+    ``mia_gaps``: ``mia/{name}/gap``, ``mia/gap`` (headline ``mia/efficacy``) and
+    ``mia/gap_mean`` (mean of the four attacks' gaps, when all four exist).
+    """
+    keys = sorted({k for m in (*metrics, *retrain_metrics) for k in m
+                   if k.startswith("mia/")})
+    means = {k: _finite_mean([m.get(k) for m in metrics]) for k in keys}
+    ref_means = {k: _finite_mean([m.get(k) for m in retrain_metrics]) for k in keys}
+    finite = {k: v for k, v in means.items() if np.isfinite(v)}
+    finite_refs = {k: v for k, v in ref_means.items() if np.isfinite(v)}
+    return mia_gaps(finite, finite_refs)

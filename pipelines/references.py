@@ -9,6 +9,12 @@ which commits it), so a restarted run skips finished models. The dataset goes
 to the workers once, through the object store; worker processes are reused
 across tasks, so imports are paid once per worker.
 
+Packs (``references.pack``, default auto): one task trains several references at
+once, stacked over a model axis (``unlearn_core.train.stacked``), then evaluates
+and writes each exactly as a one-model task does; a lost task loses its pack
+only. Units that cannot be stacked (the source with its update recorder, pruned
+models, models with dropout) go one per task, with the reason logged.
+
 ``references.data_parallel`` (one large model across all workers) is one Ray
 Train job instead (``train_units_data_parallel``).
 """
@@ -99,18 +105,23 @@ def train_unit(unit: TrainUnit, dataset: ImageDataset, manifest: SplitManifest,
                               mia_max_per_class)
 
 
-def _reference_task(unit: TrainUnit, data, store: ResultsStore, use_gpu: bool, cpus: int,
-                    mia_max_per_class: int) -> str:
-    """One model, in a Ray worker. Idempotent: a retried task whose model got committed
-    before the failure returns at once; an uncommitted one starts again from scratch."""
+def _pack_task(units: list[TrainUnit], data, store: ResultsStore, use_gpu: bool, cpus: float,
+               mia_max_per_class: int, fit_memory: bool) -> list[str]:
+    """One pack of models (often one), in a Ray worker. Idempotent: a retried task skips
+    the models committed before the failure and trains the rest from scratch."""
     import torch
 
+    from pipelines.reference_packs import train_pack
+
     torch.set_num_threads(max(1, int(cpus)))
-    if not is_done(store, unit):
-        dataset, manifest = data
-        device = torch.device("cuda") if use_gpu else torch.device("cpu")
-        train_unit(unit, dataset, manifest, store, device, mia_max_per_class)
-    return unit.key
+    todo = [u for u in units if not is_done(store, u)]
+    dataset, manifest = data
+    device = torch.device("cuda") if use_gpu else torch.device("cpu")
+    if len(todo) == 1:
+        train_unit(todo[0], dataset, manifest, store, device, mia_max_per_class)
+    elif todo:
+        train_pack(todo, dataset, manifest, store, device, mia_max_per_class, fit_memory)
+    return [u.key for u in units]
 
 
 def _train_loop_per_worker(loop_config: dict) -> None:
@@ -222,36 +233,53 @@ def run_references(config, units: list[TrainUnit], dataset: ImageDataset,
 
 def _run_pool(config, pending: list[TrainUnit], dataset: ImageDataset,
               manifest: SplitManifest, store: ResultsStore, progress=None) -> None:
-    """One Ray task per model; the cluster's free workers pull them in order."""
+    """One Ray task per pack of models; the cluster's free workers pull them in order."""
     import ray
+
+    from pipelines.reference_packs import auto_pack_size, make_packs
 
     refs = config.references
     use_gpu = refs.gpus_per_worker > 0
-    task = ray.remote(_reference_task).options(
+    size = refs.pack or auto_pack_size(pending, dataset, _pool_slots(refs), use_gpu)
+    packs = make_packs(pending, dataset, size)
+    task = ray.remote(_pack_task).options(
         num_cpus=refs.cpus_per_worker, num_gpus=refs.gpus_per_worker,
         max_retries=config.max_retries,  # worker/node death: run again elsewhere
         retry_exceptions=[OSError],  # I/O errors (object store, network) are transient
         name="reference",
     )
     data_ref = ray.put((dataset, manifest))  # once through the object store
-    waiting = [task.remote(u, data_ref, store, use_gpu, refs.cpus_per_worker,
-                           config.mia_max_per_class) for u in pending]
-    finished, errors = 0, []
+    waiting = {task.remote(pack, data_ref, store, use_gpu, refs.cpus_per_worker,
+                           config.mia_max_per_class, refs.pack == 0): len(pack)
+               for pack in packs}
+    finished, failed, errors = 0, 0, []
     while waiting:
-        ready, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0.5,
-                                  fetch_local=False)
+        ready, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0.5,
+                            fetch_local=False)
         for ref in ready:
+            count = waiting.pop(ref)
             try:
                 ray.get(ref)
-                finished += 1
-            except Exception as err:  # retries exhausted: the others still finish
+                finished += count
+            except Exception as err:  # retries exhausted: the other packs still finish
+                failed += count
                 errors.append(err)
         if ready and progress is not None:
             progress(finished)
     if errors:
-        raise RuntimeError(f"{len(errors)} reference model(s) failed after "
+        raise RuntimeError(f"{len(errors)} reference task(s) ({failed} model(s)) failed after "
                            f"{config.max_retries} retries; the others are stored and a "
                            f"re-run trains only the missing ones. First error: {errors[0]}")
+
+
+def _pool_slots(refs) -> int:
+    """How many pool tasks the Ray cluster runs at once (its CPUs or GPUs per task)."""
+    import ray
+
+    total = ray.cluster_resources()
+    if refs.gpus_per_worker > 0:
+        return max(1, int(total.get("GPU", 0) // refs.gpus_per_worker))
+    return max(1, int(total.get("CPU", 1) // refs.cpus_per_worker))
 
 
 def _run_data_parallel(config, pending: list[TrainUnit], dataset: ImageDataset,

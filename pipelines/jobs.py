@@ -17,7 +17,9 @@ else ``RAY_API_SERVER_ADDRESS``, else ``RAY_ADDRESS`` (Ray's own order). Accepte
 
 Ray's token authentication: the token is read as Ray reads it, from ``RAY_AUTH_TOKEN``,
 else the file named by ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``, and sent as an
-``Authorization: Bearer`` header; it never goes on a command line or into the job.
+``Authorization: Bearer`` header; it never goes on a command line or into the job. The
+home-folder file (which any local ``ray.init()`` creates) goes only to a cluster on this
+machine or when ``RAY_AUTH_MODE=token`` says the user means it: never silently elsewhere.
 """
 
 from __future__ import annotations
@@ -78,8 +80,23 @@ def resolve_address(address: str | None) -> str:
     return f"http://{netloc}:{port}"
 
 
-def auth_token() -> tuple[str | None, str]:
-    """(token, where it came from): Ray's order, see the module docstring."""
+def _is_loopback(url: str | None) -> bool:
+    """Whether the Jobs API at ``url`` is on this machine (no ``url``: a local cluster)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname if url else "localhost"
+    if host in (None, "localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_token(url: str | None = None) -> tuple[str | None, str]:
+    """(token, where it came from) for the Jobs API at ``url``: Ray's order, see the
+    module docstring."""
     token = os.environ.get(TOKEN_ENV, "").strip()
     if token:
         return token, TOKEN_ENV
@@ -91,7 +108,8 @@ def auth_token() -> tuple[str | None, str]:
             raise UserInputError(f"{TOKEN_PATH_ENV}={path}: cannot read the token "
                                  f"({err.strerror})") from None
     default = Path.home() / ".ray" / "auth_token"
-    if default.is_file():
+    explicit = os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token"
+    if (explicit or _is_loopback(url)) and default.is_file():
         return default.read_text().strip() or None, str(default)
     return None, ""
 
@@ -126,7 +144,7 @@ def _preflight(url: str, headers: dict[str, str], source: str) -> None:
 def connect(address: str | None) -> JobSubmissionClient:
     """A JobSubmissionClient on the cluster at ``address`` that sends the Ray token."""
     url = resolve_address(address)
-    token, source = auth_token()
+    token, source = auth_token(url)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     _preflight(url, headers, source)
     from ray.job_submission import JobSubmissionClient

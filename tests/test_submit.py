@@ -77,6 +77,12 @@ def test_token_is_read_as_ray_reads_it(monkeypatch, tmp_path):
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
     assert jobs.auth_token()[0] == "from-home"
+    assert jobs.auth_token("http://127.0.0.1:8265")[0] == "from-home"
+    # the home-folder token is not sent to another machine unless RAY_AUTH_MODE=token
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert jobs.auth_token("http://ray-head.example:8265") == (None, "")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert jobs.auth_token("http://ray-head.example:8265")[0] == "from-home"
     (tmp_path / "tok").write_text("from-path")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
     assert jobs.auth_token()[0] == "from-path"

@@ -37,10 +37,12 @@ COPY --chown=1000:100 pyproject.toml README.md ./
 COPY --chown=1000:100 unlearn_core ./unlearn_core
 COPY --chown=1000:100 pipelines ./pipelines
 
-# The project, plus what the servers in cluster/ need: MLflow's basic-auth app (mlflow[auth]),
-# its PostgreSQL driver (psycopg 3) and S3 artifact store (boto3, also used by the Ray
+# The project with its `cluster` extra (pyproject.toml): what the MLflow server in cluster/
+# needs, MLflow's basic-auth app (mlflow[auth], which brings Flask-WTF) and the PostgreSQL
+# driver psycopg2 (the manifests name it, postgresql+psycopg2://: SQLAlchemy 2.1's default
+# would be psycopg 3); plus boto3 for the S3 artifact store (also used by the Ray
 # autoscaler's AWS provider on a `ray up` head).
-RUN pip install . "mlflow[auth]" "psycopg[binary]>=3.1" "boto3>=1.28" \
- && python -c "import torch, unlearn_core, pipelines.cli; \
+RUN pip install ".[cluster]" "boto3>=1.28" \
+ && python -c "import torch, unlearn_core, pipelines.cli, psycopg2, flask_wtf; \
 assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__" \
  && unlearn --help > /dev/null

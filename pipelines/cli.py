@@ -10,6 +10,7 @@ naming the field or file and what is accepted, and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from unlearn_core.errors import UserInputError
@@ -210,8 +211,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--smoke", action="store_true",
                        help="shrink the config to run in seconds (few references and trials)")
         p.add_argument("--tracking-uri", default=None,
-                       help="MLflow URI (default: sqlite:///<results>/mlflow.db, absolute; "
-                            "./mlflow.db when the results are not on this disk)")
+                       help="MLflow URI (default: the config's tracking_uri, else "
+                            "$MLFLOW_TRACKING_URI, else sqlite:///<results>/mlflow.db, "
+                            "absolute; ./mlflow.db when the results are not on this disk)")
         p.add_argument("--results", default=None,
                        help="results location: a folder, or file://, s3://, gs://, hdfs://, "
                             "abfs:// (default: the config's results_dir, results). S3 "
@@ -231,7 +233,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(getattr(args, "config", None) or quickstart_config_path())
     from pipelines.run import run_experiment
 
-    run_experiment(config, smoke=args.smoke, tracking_uri=args.tracking_uri,
+    # MLflow's own convention; it is also how a submitted job reaches the cluster's server
+    tracking_uri = (args.tracking_uri or config.tracking_uri
+                    or os.environ.get("MLFLOW_TRACKING_URI") or None)
+    run_experiment(config, smoke=args.smoke, tracking_uri=tracking_uri,
                    results_dir=args.results, address=args.address, num_cpus=args.num_cpus)
     return 0
 

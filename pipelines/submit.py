@@ -108,9 +108,10 @@ def _check_locations(config, args: argparse.Namespace) -> None:
             f"results {results!r} is a relative path: on the cluster it would land in the "
             "job's temporary working directory; pass --results s3://BUCKET/PREFIX (or an "
             "absolute path that every node mounts)")
-    if not (args.tracking_uri or config.tracking_uri):
-        print("warning: no --tracking-uri: MLflow writes to a SQLite file on the head node "
-              "(beside local results, else in the job's temporary working directory)",
+    if not (args.tracking_uri or config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        print("warning: no --tracking-uri nor MLFLOW_TRACKING_URI: MLflow writes to a SQLite "
+              "file on the head node (beside local results, else in the job's temporary "
+              "working directory)",
               file=sys.stderr)
 
 

@@ -8,7 +8,8 @@
 
 Every process is started in a session of its own and stopped by PID (its process group
 and every descendant), never by name: other test sessions on this machine may run their
-own ``weed`` and Ray processes (so never ``ray stop``).
+own ``weed`` and Ray processes (so never ``ray stop``). The process, port and SeaweedFS
+helpers are the local cluster's (``pipelines/procs.py``, ``pipelines/local_services.py``).
 
 Two things about Ray on loopback that are easy to trip over:
 
@@ -16,7 +17,8 @@ Two things about Ray on loopback that are easy to trip over:
   ``--node-ip-address``) to this machine's outward-facing IP, so a node would listen
   there and could not reach a GCS bound to 127.0.0.1. The one switch that turns this off
   (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) also refuses to start worker nodes. So nodes
-  start through a two-line shim around Ray's CLI that keeps loopback addresses as given,
+  start through a two-line shim around Ray's CLI that keeps loopback addresses as given
+  (``RAY_START_SHIM``, shared with the local cluster in ``pipelines/local_ray.py``),
   ``RayCluster.connect`` does the same inside the driver, and ``RayCluster.driver_env``
   gives a driver in a subprocess the switch (it is harmless for a driver).
 * Ray enables token authentication on ``ray start --head`` when ``~/.ray/auth_token``
@@ -33,172 +35,45 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines.local_ray import NODE_PORTS, RAY_START_SHIM, READY_LINE, ray_node_args
+from pipelines.local_services import WEED_PORTS, remove_weed_sockets, weed_args, weed_env
+from pipelines.procs import (
+    LOOPBACK,
+    descendants,
+    fate_shared,
+    free_ports,
+    free_range,
+    is_alive,
+    kill_tree,
+    log_tail,
+    process_args,
+    process_name,
+    wait_for,
+)
+
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
-LOOPBACK = "127.0.0.1"
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def free_ports(count: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 now (the OS picks them; all are held open
-    together so none is returned twice), none of them in ``exclude``."""
-    held: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        while len(ports) < count:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(sock)
-            sock.bind((LOOPBACK, 0))
-            port = sock.getsockname()[1]
-            if port not in exclude:
-                ports.append(port)
-    finally:
-        for sock in held:
-            sock.close()
-    return ports
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_range(size: int, exclude: set[int], low: int = 20000, high: int = 32000,
-                    ) -> tuple[int, int]:
-    """A block of ``size`` consecutive ports, all free now and none in ``exclude``: (first,
-    last). Drawn at random below the ephemeral range (32768+, where ``free_ports`` draws
-    from) and above Ray's default worker ports (10002-19999, used by local ``ray.init()``)."""
-    for _ in range(200):
-        first = random.randrange(low, high - size)
-        block = range(first, first + size)
-        if not exclude.intersection(block) and all(_port_is_free(p) for p in block):
-            return first, first + size - 1
-    raise RuntimeError(f"no block of {size} free ports in {low}-{high}")
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.2) -> object:
-    """Poll ``predicate`` until it returns something true; that value, or TimeoutError
-    naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-# ---------------------------------------------------------------------------- processes
-# Read from /proc (psutil is not a dependency here).
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, parent PID) of a live process, None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # the name may hold spaces and ")"
-    return fields[0], int(fields[1])
-
-
-def is_alive(pid: int) -> bool:
-    """Running (a zombie, dead but not yet reaped, counts as gone)."""
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")
-
-
-def descendants(pid: int) -> list[int]:
-    """PIDs of every live descendant of ``pid``, parents before their children."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (stat := _proc_stat(int(entry))) is not None:
-            children.setdefault(stat[1], []).append(int(entry))
-    out: list[int] = []
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop(0)
-        out.append(child)
-        todo.extend(children.get(child, []))
-    return out
-
-
-def process_name(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def process_args(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
-
-
-def kill_tree(process: subprocess.Popen, grace: float = 0.0, timeout: float = 10.0) -> None:
-    """Stop a process started with ``start_new_session=True`` and everything it started.
-
-    With ``grace`` > 0 the process gets SIGTERM first and that long to exit. Then SIGKILL
-    goes to its process group (its PID) and to every descendant found before (Ray's worker
-    processes put themselves in groups of their own). Waits until all of them are gone."""
-    tree = descendants(process.pid)
-    if grace > 0 and process.poll() is None:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(grace)
-        tree += [p for p in descendants(process.pid) if p not in tree]
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    for pid in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    process.wait(timeout)  # reaps our own child; orphans are reaped by init
-    wait_for(lambda: not any(is_alive(p) for p in tree), timeout,
-             f"the processes of PID {process.pid} to exit")
-
-
-def fate_shared(args: list[str]) -> list[str]:
-    """``args`` run so that the kernel kills the process (SIGKILL) when the process that
-    started it dies: services outlive no test session, even one killed without its teardown
-    (SIGKILL, or SIGTERM from ``timeout``). Uses util-linux ``setpriv``, when present."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", *args] if setpriv else args
+# The process and port helpers are the local cluster's (pipelines/procs.py); re-exported
+# here for the tests that import them from this module.
+__all__ = [
+    "LOOPBACK", "RayCluster", "RayNode", "S3Server", "descendants", "fate_shared",
+    "free_ports", "is_alive", "kill_tree", "log_tail", "process_args", "process_name",
+    "start_seaweedfs", "wait_for",
+]
 
 
 # ---------------------------------------------------------------------------- SeaweedFS S3
@@ -248,15 +123,7 @@ class S3Server:
         if self.process.returncode is None:
             kill_tree(self.process, grace=3.0)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
-        _remove_grpc_sockets(self.ports)
-
-
-def _remove_grpc_sockets(ports: dict[str, int]) -> None:
-    """weed names its gRPC Unix sockets after the ports, always in /tmp, and leaves them
-    behind when killed."""
-    for name, port in ports.items():
-        if name.endswith(".grpc"):
-            Path(f"/tmp/seaweedfs-{name.split('.')[0]}-grpc-{port}.sock").unlink(missing_ok=True)
+        remove_weed_sockets(self.ports)
 
 
 def _s3_answers(server: S3Server) -> bool:
@@ -292,30 +159,14 @@ def start_seaweedfs(workdir: Path, timeout: float = 60.0) -> S3Server:
     }]}))
     # The two Unix sockets weed lets us place (its gRPC ones are /tmp/seaweedfs-*-grpc-PORT.sock).
     socket_dir = Path(tempfile.mkdtemp(prefix="sw-", dir="/tmp"))
-    names = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port",
-             "volume.port.grpc", "filer.port", "filer.port.grpc")
-    ports = dict(zip(names, free_ports(len(names)), strict=True))
-    args = [
-        weed, "-logtostderr", "server",
-        f"-dir={workdir / 'data'}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
-        *(f"-{name}={port}" for name, port in ports.items()),
-        "-s3", f"-s3.config={identities}",
-        "-s3.port.iceberg=0", "-s3.port.lance=0",  # catalogs on by default, each a port
-        f"-filer.localSocket={socket_dir / 'filer.sock'}",
-        f"-s3.localSocket={socket_dir / 's3.sock'}",
-        "-master.telemetry=false",  # on by default: reports to telemetry.seaweedfs.com
-        "-volume.preStopSeconds=0",  # default 10 s of "stopping" before a volume stops
-        # Each bucket is a collection with volumes of its own (7 by default) and a server
-        # holds 8 volumes by default: the third bucket failed to take a write. Small
-        # volumes (sparse files), one per bucket, and room for many.
-        "-master.volumeSizeLimitMB=64", "-volume.max=500",
-    ]
-    env = dict(os.environ, WEED_MASTER_VOLUME_GROWTH_COPY_1="1")
-    _remove_grpc_sockets(ports)  # stale ones from a killed weed (their ports are free now)
+    ports = dict(zip(WEED_PORTS, free_ports(len(WEED_PORTS)), strict=True))
+    args = weed_args(weed, workdir / "data", identities, socket_dir, ports)
+    remove_weed_sockets(ports)  # stale ones from a killed weed (their ports are free now)
     log_path = workdir / "weed.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(fate_shared(args), stdout=log, stderr=subprocess.STDOUT,
-                                   env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+                                   env=weed_env(), stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
     server = S3Server(endpoint=f"http://{LOOPBACK}:{ports['s3.port']}", access_key=access_key,
                       secret_key=secret_key, process=process, workdir=workdir,
                       socket_dir=socket_dir, log_path=log_path, ports=ports)
@@ -338,11 +189,6 @@ def start_seaweedfs(workdir: Path, timeout: float = 60.0) -> S3Server:
 
 # ---------------------------------------------------------------------------- Ray
 
-# `ray start`, keeping 127.0.0.1 as given (see the module docstring).
-RAY_START_SHIM = (
-    "import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda host: host; "
-    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
-)
 # Node death in about 0.5 s x 3 + 1 s instead of Ray's default of about 30 s (the GCS
 # checks every node this often; the names are Ray's RayConfig entries).
 FAST_HEALTH_CHECKS = {
@@ -350,7 +196,6 @@ FAST_HEALTH_CHECKS = {
     "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
-_READY_LINE = "will now block forever"  # `ray start --block`, once its node is up
 
 
 @dataclass
@@ -383,7 +228,7 @@ class RayNode:
                 f"ray node {self.name} exited with code {self.process.returncode}; "
                 f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
             )
-        return _READY_LINE in self.log_path.read_text(errors="replace") and bool(self.node_id())
+        return READY_LINE in self.log_path.read_text(errors="replace") and bool(self.node_id())
 
 
 @dataclass
@@ -543,27 +388,14 @@ class RayCluster:
 
     def _node_args(self, name: str, ports: list[int]) -> tuple[list[str], Path]:
         """Arguments common to every node: its ports, IP, temp dir and object store."""
-        node_manager, object_manager, metrics, agent, agent_grpc, runtime_env = ports[-6:]
-        first, last = free_port_range(64, self.reserved_ports)
-        self.reserved_ports.update(range(first, last + 1))
+        worker_ports = free_range(64, self.reserved_ports)
         temp_dir = self.root / name
-        args = [
-            sys.executable, "-c", RAY_START_SHIM, "start", "--block",
-            f"--node-ip-address={LOOPBACK}",
-            f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
-            f"--min-worker-port={first}", f"--max-worker-port={last}",
-            f"--metrics-export-port={metrics}",
-            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-            f"--runtime-env-agent-port={runtime_env}",
-            f"--temp-dir={temp_dir}", f"--object-store-memory={self.object_store_bytes}",
-            "--disable-usage-stats",
-        ]
+        args = ray_node_args(RAY_START_SHIM, dict(zip(NODE_PORTS, ports[-6:], strict=True)),
+                             worker_ports, temp_dir, self.object_store_bytes)
         return args, temp_dir
 
     def _reserve(self, count: int) -> list[int]:
-        ports = free_ports(count, exclude=self.reserved_ports)
-        self.reserved_ports.update(ports)
-        return ports
+        return free_ports(count, self.reserved_ports)  # reserved_ports grows by them
 
     def _launch(self, name: str, args: list[str], env: dict[str, str], temp_dir: Path,
                 ports: list[int], is_head: bool) -> RayNode:

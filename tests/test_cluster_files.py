@@ -164,13 +164,32 @@ def test_dockerfile_official_ray_gpu_py311_base_and_installs_the_project():
     runs = [re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), args)
             for word, args in steps if word == "RUN"]
     torch_step = next(i for i, run in enumerate(runs) if "download.pytorch.org/whl/cu121" in run)
-    project_step = next(i for i, run in enumerate(runs) if re.search(r"pip install \.(\s|$)", run))
+    project_step = next(i for i, run in enumerate(runs)
+                        if re.search(r"pip install [\"']?\.(\[[\w,]+\])?[\"']?(\s|$)", run))
     assert torch_step < project_step, "torch from the CUDA index first, then the project"
     assert "torch==" in runs[torch_step] and "torchvision==" in runs[torch_step]
     sources = copy_sources()
     assert {"pyproject.toml", "unlearn_core", "pipelines"} <= set(sources)
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+
+
+def test_image_has_the_mlflow_servers_extras_and_the_manifests_name_their_driver():
+    # The `cluster` extra is MLflow's basic-auth app (mlflow[auth]: Flask-WTF) and psycopg2;
+    # a URI of plain postgresql:// or +psycopg would make SQLAlchemy 2.1 load psycopg 3,
+    # which the image lacks.
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["cluster"]
+    assert {re.split(r"[<>=\[]", e)[0] for e in extras} >= {"mlflow", "psycopg2-binary"}
+    assert any(e.startswith("mlflow[auth]") for e in extras)
+    runs = [args for word, args in dockerfile_instructions() if word == "RUN"]
+    assert any(re.search(r"pip install [\"']?\.\[([\w,]*,)?cluster[\],]", run) for run in runs), (
+        "the image installs the project with its `cluster` extra")
+    script = (KUBERAY / "mlflow.yaml").read_text() + LAUNCHER.read_text()
+    uris = re.findall(r"postgresql(\+\w+)?://", script)
+    assert uris and set(uris) == {"+psycopg2"}, f"database URIs name drivers {uris}"
 
 
 def test_dockerignore_sends_only_what_the_dockerfile_copies():

@@ -1,9 +1,10 @@
 """ASHA sweeps (``search: asha``): the Ray Tune side of per-epoch reporting.
 
-Configs are drawn on the driver as for ``random`` (``sweep.sweep_method``); each
+Configs are drawn on the driver as for ``random`` (``sweep.plan_method``); each
 trial runs ``sweep.run_trial`` with an ``EpochReporter`` as the method's epoch
 callback, which evaluates the model after every epoch but the last and reports
-it to Tune's ``ASHAScheduler`` (time = epochs). A trial the scheduler stops is
+it to the method's own ``ASHAScheduler`` (time = epochs; ``schedule.py`` routes each
+ASHA trial to its method's). A trial the scheduler stops is
 recorded by the driver (``stopped_trial_recorder``) with ``status: "stopped"``
 and the metrics of its last reported epoch. Record rules (what counts as done,
 how a record is marked stopped) live in ``sweep.py`` beside ``run_trial``.
@@ -49,14 +50,13 @@ def asha_objective(value: float | None, mode: str) -> float:
     return float(value)
 
 
-def asha_scheduler(ctx: SweepContext, method_cfg, jobs: list[dict]):
-    from ray.tune.schedulers import ASHAScheduler
-
+def asha_settings(ctx: SweepContext, method_cfg, jobs: list[dict]) -> dict:
+    """The method's ``ASHAScheduler`` settings (``schedule`` builds one per ASHA method):
+    time = epochs, ``max_t`` = the most epochs any of its configs asks for."""
     epochs = [planned_epochs(ctx, j["method"], j["hparams"]) for j in jobs]
     max_t = max([e for e in epochs if e] or [1])
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                         grace_period=min(method_cfg.asha.grace_period, max_t),
-                         reduction_factor=method_cfg.asha.reduction_factor)
+    return {"max_t": max_t, "grace_period": min(method_cfg.asha.grace_period, max_t),
+            "reduction_factor": method_cfg.asha.reduction_factor}
 
 
 class EpochReporter:

@@ -7,7 +7,6 @@ nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import sys
@@ -19,21 +18,15 @@ import yaml
 
 from pipelines.assemble import assemble
 from pipelines.config import ExperimentConfig
-from pipelines.keys import replicate_jobs, stable_hash
+from pipelines.keys import replicate_seeds, stable_hash
 from pipelines.lock import RunLock
 from pipelines.probes import ProbeSettings, reference_probes
 from pipelines.progress import StageClock, build_plan
 from pipelines.references import is_done, make_units, reference_summary, run_references
 from pipelines.report import write_report
+from pipelines.schedule import run_schedule
 from pipelines.store import ResultsStore
-from pipelines.sweep import (
-    SweepContext,
-    best_hparams,
-    planned_trials,
-    probe_salt,
-    replicate,
-    sweep_method,
-)
+from pipelines.sweep import SweepContext, plan_method, planned_trials, probe_salt
 from pipelines.tracking import Tracker, absolute_tracking_uri, git_commit
 from unlearn_core.data.datasets import load_dataset
 from unlearn_core.data.manifest import SplitOptions, make_manifest
@@ -237,42 +230,37 @@ def _run_locked(config: ExperimentConfig, store: ResultsStore, tracker: Tracker,
         clock.mark("sweep")
         total_trials = sum(planned_trials(m, config.objective.zero_glance) for m in methods)
         _say(f"[sweep] {len(methods)} method(s), up to {total_trials} trials, "
-             f"objective {config.objective.mode} {config.objective.metric}")
-        bar = _Bar(total_trials, "sweep")
-        best = {}
-        sweep_log = _TrialLog(tracker, store, "sweep",
-                              tracker.stage_run("sweep", {"stage": "sweep"}, parent_id))
-        for method in methods:
-            device = "cuda" if method.resources.gpu > 0 else "cpu"
-            records = sweep_method(dataclasses.replace(context, device=device), method,
-                                   progress=bar.add, ensure_ray=ensure_ray, on_record=sweep_log)
-            best[method.name] = best_hparams(records, config.objective.mode)
+             f"objective {config.objective.mode} {config.objective.metric}; each method's "
+             f"best config x {config.replicates} seeds as soon as its sweep is done")
+        # one Tune run for every method's sweep and replicates (schedule.py): a method's
+        # replicates start while others still sweep; assembly waits for the last one
+        bars = {"sweep": _Bar(total_trials, "sweep"),
+                "replicate": _Bar(len(replicate_seeds(config.replicates)) * len(methods),
+                                  "replicate")}
+        logs = {stage: _TrialLog(tracker, store, stage,
+                                 tracker.stage_run(stage, {"stage": stage}, parent_id))
+                for stage in ("sweep", "replicate")}
+        result = run_schedule(
+            context, [plan_method(context, m) for m in methods], config.replicates,
+            progress=lambda stage, n: bars[stage].add(n), ensure_ray=ensure_ray,
+            on_record=lambda stage, method, key: logs[stage](method, key))
+        for bar in bars.values():
+            bar.close()
+        best = result.best
+        for name, records in result.sweeps.items():
             for record in records:  # those stored by an earlier, interrupted run
-                sweep_log.log(record)
+                logs["sweep"].log(record)
             labels = {"failed": "failed", "stopped": "stopped early",  # stopped: by ASHA
                       "lost": "lost (re-run to retry)"}
             counts = "".join(f", {n} {label}" for status, label in labels.items()
                              if (n := sum(r["status"] == status for r in records)))
-            _say(f"[sweep] {method.name}: {len(records)} trials{counts}; "
-                 f"best {best[method.name]}")
-        bar.close()
+            _say(f"[sweep] {name}: {len(records)} trials{counts}; best {best[name]}")
 
-        clock.mark("replicate")
-        # seeds disjoint from the sweep's: no replicate is the selected trial itself
-        jobs = replicate_jobs(best, config.replicates)
-        _say(f"[replicate] {len(jobs)} runs: best config x {config.replicates} seeds")
-        bar = _Bar(len(jobs), "replicate")
-        cpu = max(m.resources.cpu for m in methods) if methods else 1
-        gpu = max(m.resources.gpu for m in methods) if methods else 0
-        replicate_log = _TrialLog(tracker, store, "replicate",
-                                  tracker.stage_run("replicate", {"stage": "replicate"},
-                                                    parent_id))
-        records = replicate(dataclasses.replace(context, device="cuda" if gpu > 0 else "cpu"),
-                            jobs, {"cpu": cpu, "gpu": gpu}, progress=bar.add,
-                            ensure_ray=ensure_ray, on_record=replicate_log)
-        bar.close()
+        clock.mark("replicate")  # the stage clock: replicates ran within the pass above
+        records = result.replicates
+        _say(f"[replicate] {len(records)} runs: best config x {config.replicates} seeds")
         for record in records:
-            replicate_log.log(record)
+            logs["replicate"].log(record)
         lost = [r["trial_key"] for r in records if r["status"] == "lost"]
         if lost:
             _say(f"[replicate] {len(lost)} replicate(s) lost to infrastructure failures; "

@@ -1,4 +1,7 @@
-"""sweep and replicate stages: Ray Tune over each method's search space.
+"""sweep and replicate stages: trials, and each method's plan of them.
+
+``plan_method`` decides a method's sweep on the driver (configs, resources, searcher);
+``schedule.run_schedule`` runs every method's sweep and replicates in one Tune run.
 
 Each trial loads the source checkpoint, unlearns, evaluates against the
 references and stores its per-sample outputs and a trial record (JSON, named
@@ -43,7 +46,7 @@ from pipelines.evaluate import (
     heldout_metrics,
     model_metrics,
 )
-from pipelines.keys import normalise_hparams, stable_hash
+from pipelines.keys import SWEEP_SEED, normalise_hparams, stable_hash
 from pipelines.probes import ProbeSettings, probe_model
 from pipelines.store import ResultsStore
 from pipelines.tune_space import merged_space, tune_param_space
@@ -301,6 +304,8 @@ def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
 def _trainable(config: dict, ctx: SweepContext) -> None:
     from ray import tune
 
+    if config.get("__device"):  # the trial's method's device (its resources ask a GPU)
+        ctx = dataclasses.replace(ctx, device=config["__device"])
     job = config.get("__job")
     if job is not None and job.get("asha"):  # reports every epoch to the ASHA scheduler
         from pipelines.asha import asha_trial
@@ -317,52 +322,8 @@ def _trainable(config: dict, ctx: SweepContext) -> None:
                  "trial_key": record["trial_key"]})
 
 
-def _run_tuner(ctx: SweepContext, param_space: dict, num_samples: int, search_alg,
-               resources: dict, name: str, progress, scheduler=None, on_record=None) -> None:
-    from ray import tune
-
-    from pipelines.references import ray_storage_path
-
-    callbacks = [_record_callback(progress, on_record)]
-    if scheduler is not None:  # it may stop trials: record them (before they are counted)
-        from pipelines.asha import stopped_trial_recorder
-
-        callbacks.insert(0, stopped_trial_recorder(ctx))
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_trainable, ctx=ctx), resources),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg,
-                                    scheduler=scheduler, metric="objective",
-                                    mode=ctx.objective_mode, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=name, storage_path=ray_storage_path(ctx.store), verbose=0,
-            callbacks=callbacks,
-            # a trial lost with its worker or node (or to an I/O error) runs again; a
-            # method's own failure never raises (run_trial records it), so is not retried
-            failure_config=tune.FailureConfig(max_failures=ctx.max_retries)),
-    )
-    tuner.fit()
-
-
 def _job_key(ctx: SweepContext, job: dict) -> str:
     return trial_key(ctx.source_key, job["method"], job["hparams"], job["seed"], ctx.trial_salt)
-
-
-def run_jobs(ctx: SweepContext, jobs: list[dict], resources: dict, name: str,
-             progress=None, ensure_ray=None, scheduler=None, on_record=None) -> list[dict]:
-    """Run explicit jobs as one Tune run (a grid over the jobs not yet stored); return
-    every job's record, in order (``lost_record`` for one whose retries ran out)."""
-    from ray import tune
-
-    pending = [j for j in jobs if not _job_done(ctx, j)]
-    if progress:
-        progress(len(jobs) - len(pending))
-    if pending:
-        if ensure_ray:
-            ensure_ray()
-        _run_tuner(ctx, {"__job": tune.grid_search(pending)}, 1, None, resources,
-                   f"{name}-{stable_hash(pending, length=8)}", progress, scheduler, on_record)
-    return job_records(ctx, jobs)
 
 
 def job_records(ctx: SweepContext, jobs: list[dict]) -> list[dict]:
@@ -396,9 +357,25 @@ def planned_trials(method_cfg, zero_glance_objective: str = "heldout") -> int:
     return len(grid_configs(space)) if method_cfg.search == "grid" else method_cfg.trials
 
 
-def sweep_method(ctx: SweepContext, method_cfg, seed: int = 0, progress=None,
-                 ensure_ray=None, on_record=None) -> list[dict]:
-    """Tune one method; return the records of this sweep's trials.
+@dataclass
+class MethodPlan:
+    """One method's sweep, decided on the driver (``plan_method``); ``schedule`` runs it."""
+
+    method: str
+    key: str  # the sweep key: every sweep record carries it
+    seed: int
+    resources: dict  # {"cpu": ..., "gpu": ...} per trial, replicates included
+    device: str
+    jobs: list[dict]  # explicit sweep jobs (random, grid, asha, a single config)
+    trials: int = 0  # search: optuna, how many suggestions
+    optuna_space: dict | None = None  # search: optuna, the Tune search space
+    optuna_constants: dict = field(default_factory=dict)  # what an Optuna trial also needs
+    asha: dict | None = None  # search: asha, ASHAScheduler's settings
+    done_before: int = 0  # search: optuna, sweep trials already stored
+
+
+def plan_method(ctx: SweepContext, method_cfg, seed: int = SWEEP_SEED) -> MethodPlan:
+    """A method's sweep: its configs, resources and searcher.
 
     Random and grid configs are drawn on the driver (seeded), so the trial set
     is known up front: stored trials are skipped without starting Ray, and a
@@ -414,41 +391,63 @@ def sweep_method(ctx: SweepContext, method_cfg, seed: int = 0, progress=None,
     fixed = dict(method_cfg.fixed)
     sweep_key = stable_hash(ctx.source_key, method_cfg.name, fixed, repr(sorted(space.items())),
                             method_cfg.search, method_cfg.trials, seed)
-    resources = {"cpu": method_cfg.resources.cpu, "gpu": method_cfg.resources.gpu}
-    name = f"sweep-{method_cfg.name}"
+    plan = MethodPlan(method=method_cfg.name, key=sweep_key, seed=seed, jobs=[],
+                      resources={"cpu": method_cfg.resources.cpu,
+                                 "gpu": method_cfg.resources.gpu},
+                      device="cuda" if method_cfg.resources.gpu > 0 else "cpu")
     if method_cfg.search == "optuna" and space:
         done = [r for r in ctx.store.trials(method_cfg.name) if r.get("sweep_key") == sweep_key]
-        if progress:
-            progress(min(len(done), method_cfg.trials))
-        if len(done) < method_cfg.trials:
-            from ray.tune.search.optuna import OptunaSearch
-
-            if ensure_ray:
-                ensure_ray()
-            param_space = {**tune_param_space(space), "__method": method_cfg.name,
-                           "__fixed": fixed, "__seed": seed, "__sweep_key": sweep_key}
-            _run_tuner(ctx, param_space, method_cfg.trials,
-                       OptunaSearch(metric="objective", mode=ctx.objective_mode, seed=seed),
-                       resources, f"{name}-{sweep_key}", progress, on_record=on_record)
-        return [_rescored(ctx, r) for r in ctx.store.trials(method_cfg.name)
-                if r.get("sweep_key") == sweep_key]
+        return dataclasses.replace(
+            plan, trials=method_cfg.trials, optuna_space=tune_param_space(space),
+            optuna_constants={"__method": method_cfg.name, "__fixed": fixed, "__seed": seed,
+                              "__sweep_key": sweep_key},
+            done_before=min(len(done), method_cfg.trials))
     if not space:
         configs = [{}]
     elif method_cfg.search == "grid":
         configs = grid_configs(space)
     else:
         configs = sample_configs(space, method_cfg.trials, seed=int(sweep_key[:8], 16))
-    jobs = [{"method": method_cfg.name, "hparams": normalise_hparams({**fixed, **c}),
-             "seed": seed, "stage": "sweep", "sweep_key": sweep_key} for c in configs]
-    scheduler = None
+    plan.jobs = [{"method": method_cfg.name, "hparams": normalise_hparams({**fixed, **c}),
+                  "seed": seed, "stage": "sweep", "sweep_key": sweep_key} for c in configs]
     search = "random" if _fixed_only(method_cfg.name, ctx.zero_glance_objective) \
         else method_cfg.search  # fixed: one config, nothing for ASHA to stop
     if search == "asha":  # drawn as for random; trials may stop early
-        jobs = [{**j, "asha": True} for j in jobs]
-        from pipelines.asha import asha_scheduler
+        from pipelines.asha import asha_settings
 
-        scheduler = asha_scheduler(ctx, method_cfg, jobs)
-    return run_jobs(ctx, jobs, resources, name, progress, ensure_ray, scheduler, on_record)
+        plan.jobs = [{**j, "asha": True} for j in plan.jobs]
+        plan.asha = asha_settings(ctx, method_cfg, plan.jobs)
+    return plan
+
+
+def sweep_done(ctx: SweepContext, plan: MethodPlan) -> bool:
+    """Every trial of the sweep is stored (an Optuna sweep: ``trials`` of them)."""
+    if plan.optuna_space is not None:
+        stored = [r for r in ctx.store.trials(plan.method) if r.get("sweep_key") == plan.key]
+        return len(stored) >= plan.trials
+    return all(_job_done(ctx, j) for j in plan.jobs)
+
+
+def sweep_records(ctx: SweepContext, plan: MethodPlan) -> list[dict]:
+    """The records of a sweep's trials (``lost_record`` for an explicit job without one)."""
+    if plan.optuna_space is not None:
+        return [_rescored(ctx, r) for r in ctx.store.trials(plan.method)
+                if r.get("sweep_key") == plan.key]
+    return job_records(ctx, plan.jobs)
+
+
+def sweep_method(ctx: SweepContext, method_cfg, seed: int = SWEEP_SEED, progress=None,
+                 ensure_ray=None, on_record=None) -> list[dict]:
+    """Tune one method alone (no replicates); return the records of its sweep's trials.
+    ``unlearn run`` schedules all its methods together (``schedule.run_schedule``)."""
+    from pipelines.schedule import run_schedule
+
+    result = run_schedule(
+        ctx, [plan_method(ctx, method_cfg, seed)], 0,
+        progress=(lambda _stage, n: progress(n)) if progress else None,
+        ensure_ray=ensure_ray,
+        on_record=(lambda _stage, method, key: on_record(method, key)) if on_record else None)
+    return result.sweeps[method_cfg.name]
 
 
 def best_hparams(records: list[dict], mode: str) -> dict | None:
@@ -459,42 +458,6 @@ def best_hparams(records: list[dict], mode: str) -> dict | None:
     pick = min if mode == "min" else max
     best = pick(sorted(ok, key=lambda r: r["trial_key"]), key=lambda r: r["objective"])
     return best["hparams"]
-
-
-def replicate(ctx: SweepContext, jobs: list[dict], resources: dict, progress=None,
-              ensure_ray=None, on_record=None) -> list[dict]:
-    """Run the replicates: (method, hparams, seed) jobs as one Tune run; their records."""
-    return run_jobs(ctx, [{**j, "stage": "replicate"} for j in jobs], resources, "replicate",
-                    progress, ensure_ray, on_record=on_record)
-
-
-def trial_identity(trial) -> tuple[str | None, str | None]:
-    """(method, trial key) of a Tune trial, from its config and last report."""
-    config = trial.config or {}
-    job = config.get("__job") or {}
-    method = job.get("method") or config.get("__method")
-    return method, (trial.last_result or {}).get("trial_key")
-
-
-def _record_callback(progress, on_record):
-    """A Tune callback (runs in the driver) as each trial ends: advance the progress bar
-    and hand the stored record to ``on_record(method, key)`` (MLflow logs it then, not
-    at the end of the sweep). A trial that errored has been retried by Tune already."""
-    from ray.tune import Callback
-
-    class RecordCallback(Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            method, key = trial_identity(trial)
-            if on_record is not None and method and key:
-                on_record(method, key)
-            if progress:
-                progress(1)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            if progress:
-                progress(1)
-
-    return RecordCallback()
 
 
 # ------------------------------------------- stopped trials (search: asha; see asha.py)

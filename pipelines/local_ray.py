@@ -115,6 +115,11 @@ def start_ray(state: State, taken: set[int], env: dict[str, str], workers: int) 
             if importlib.util.find_spec("grpc") is not None:
                 (ports["client"],) = free_ports(1, taken)
                 args.append(f"--ray-client-server-port={ports['client']}")
+            # The autoscaler's and the dashboard's Prometheus servers take fixed ports
+            # (44217, 44227) unless told otherwise: a second cluster would collide.
+            ports["autoscaler_metrics"], ports["dashboard_metrics"] = free_ports(2, taken)
+            node_env["AUTOSCALER_METRIC_PORT"] = str(ports["autoscaler_metrics"])
+            node_env["DASHBOARD_METRIC_PORT"] = str(ports["dashboard_metrics"])
         else:
             args += [f"--address={gcs}", f"--num-cpus={cpus}"]
             if gpus is not None:

@@ -417,6 +417,11 @@ class RayCluster:
                  # fixed port 10001 unless given one: two clusters would collide
                  f"--ray-client-server-port={ports[2]}"]
         env = self._base_env() | FAST_HEALTH_CHECKS
+        # the autoscaler's and dashboard's Prometheus servers: fixed ports (44217, 44227)
+        # unless told otherwise, which two clusters on one machine would share
+        autoscaler_metrics, dashboard_metrics = self._reserve(2)
+        env.update(AUTOSCALER_METRIC_PORT=str(autoscaler_metrics),
+                   DASHBOARD_METRIC_PORT=str(dashboard_metrics))
         if self.dashboard:
             # Job drivers run on the head and connect to RAY_ADDRESS=127.0.0.1:PORT, which
             # ray.init would rewrite to the outward IP (module docstring); the head itself

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from unlearn_core.methods import _perturb
 from unlearn_core.methods._perturb import (
     JS_REFERENCES,
     PERTURB_RULES,
@@ -24,12 +25,12 @@ from unlearn_core.methods._perturb import (
     sensitivity,
     train_after_perturbation,
 )
-from unlearn_core.methods._perturb import (
-    needs_retrain_model as _needs_retrain_model,
-)
 from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.search import IntUniform, LogUniform, SearchSpace, Uniform, hparam
 from unlearn_core.train.loop import prepare_model
+
+# the sweep reads this module's needs_retrain_model (methods/__init__.py)
+needs_retrain_model = _perturb.needs_retrain_model
 
 REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
 EPOCHS_HPARAM = "epochs"  # Hparams field: number of epochs reported (ASHA's time axis)
@@ -72,11 +73,6 @@ SEARCH_SPACE: SearchSpace = {
     "epochs": IntUniform(1, 100),
 }
 
-
-def needs_retrain_model(hp: Hparams) -> bool:
-    """True when this trial trains toward a retrained model (js_reference="retrain", λ > 0):
-    the sweep must then put one in ``task.extras["retrain_model"]``."""
-    return _needs_retrain_model(hp)
 
 
 def perturb(model: nn.Module, task: UnlearnTask, hp: Hparams) -> Masks:

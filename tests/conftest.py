@@ -38,6 +38,31 @@ def make_dataset(
     )
 
 
+def make_sweep_context(tmp_path, max_retries: int):
+    """A SweepContext over a tiny synthetic class-1 task: a stored MLP source ("src") and
+    fixed reference metrics, for tests of trials and scheduling without a references stage."""
+    import numpy as np
+
+    from pipelines.evaluate import ReferenceSummary
+    from pipelines.store import ResultsStore
+    from pipelines.sweep import SweepContext
+    from unlearn_core.data.manifest import make_manifest
+    from unlearn_core.train.recipe import Recipe
+    from unlearn_core.train.source import build_model
+
+    ds = make_dataset(n=160, num_classes=4)
+    manifest = make_manifest(ds, "classes=1", seed=0)
+    store = ResultsStore.create(tmp_path, "t")
+    store.save_model("src", build_model("mlp", ds, seed=0), {})
+    references = ReferenceSummary(
+        metrics={"ua": 1.0, "mia/efficacy": 0.9, "retain/acc": 1.0, "test/acc": 0.9},
+        forget_logits=np.zeros((0, 0, 4), dtype=np.float32), retrain_seconds=1.0)
+    return SweepContext(dataset=ds, manifest=manifest, store=store, source_key="src",
+                        source_model="mlp", source_recipe=Recipe(epochs=1).to_dict(),
+                        references=references, objective_metric="disparity/avg",
+                        objective_mode="min", mia_max_per_class=50, max_retries=max_retries)
+
+
 @pytest.fixture
 def tiny_dataset() -> ImageDataset:
     return make_dataset()

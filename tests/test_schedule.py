@@ -5,33 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipelines.config import MethodConfig
-from pipelines.evaluate import ReferenceSummary
 from pipelines.keys import REPLICATE_SEED_OFFSET
-from pipelines.store import ResultsStore
 from pipelines.sweep import SweepContext, best_hparams, plan_method
-from tests.conftest import make_dataset
-from unlearn_core.data.manifest import make_manifest
-from unlearn_core.train.recipe import Recipe
-from unlearn_core.train.source import build_model
+from tests.conftest import make_sweep_context
 
 
 @pytest.fixture
 def ctx(tmp_path) -> SweepContext:
-    ds = make_dataset(n=160, num_classes=4)
-    manifest = make_manifest(ds, "classes=1", seed=0)
-    store = ResultsStore.create(tmp_path, "t")
-    store.save_model("src", build_model("mlp", ds, seed=0), {})
-    references = ReferenceSummary(
-        metrics={"ua": 1.0, "mia/efficacy": 0.9, "retain/acc": 1.0, "test/acc": 0.9},
-        forget_logits=np.zeros((0, 0, 4), dtype=np.float32), retrain_seconds=1.0)
-    return SweepContext(dataset=ds, manifest=manifest, store=store, source_key="src",
-                        source_model="mlp", source_recipe=Recipe(epochs=1).to_dict(),
-                        references=references, objective_metric="disparity/avg",
-                        objective_mode="min", mia_max_per_class=50, max_retries=1)
+    return make_sweep_context(tmp_path, max_retries=1)
 
 
 METHODS = [

@@ -60,7 +60,8 @@ def build(name: str, dataset, seed: int, dtype: torch.dtype) -> nn.Module:
     return model
 
 
-def compare(name: str, dtype: torch.dtype, recipe: Recipe, natural: bool) -> tuple[float, float]:
+def compare(name: str, dtype: torch.dtype, recipe: Recipe, natural: bool,
+            grouped_kernels: bool = True) -> tuple[float, float]:
     """(worst stacked-vs-alone relative difference, smallest difference between models)."""
     channels = 3 if natural else 1
     dataset = make_dataset(n=40, channels=channels, size=8, natural=natural)
@@ -68,7 +69,8 @@ def compare(name: str, dtype: torch.dtype, recipe: Recipe, natural: bool) -> tup
     alone = [build(name, dataset, s, dtype) for s in SEEDS]
     alone_fits = [fit(m, data, recipe, seed=s) for m, s in zip(alone, SEEDS, strict=True)]
     stacked = [build(name, dataset, s, dtype) for s in SEEDS]
-    stacked_fits = fit_stacked(stacked, data, recipe, seeds=SEEDS)
+    stacked_fits = fit_stacked(stacked, data, recipe, seeds=SEEDS,
+                               grouped_kernels=grouped_kernels)
     worst = max(worst_relative(a, b) for a, b in zip(alone, stacked, strict=True))
     for a, b in zip(alone_fits, stacked_fits, strict=True):
         assert a.steps == b.steps
@@ -92,6 +94,34 @@ def test_stacked_matches_one_at_a_time_float32(name: str, natural: bool, recipe:
     worst, apart = compare(name, torch.float32, recipe, natural)
     assert worst <= 1e-4, f"{name}: stacked differs from one-at-a-time by {worst:.2e}"
     assert apart > 1e-2  # distinct seeds: distinct models (nothing shared by mistake)
+
+
+@pytest.mark.parametrize("recipe", [SGD, ADAM], ids=["sgd", "adam"])
+def test_mlp_through_vmap_matches_one_at_a_time_too(recipe: Recipe):
+    # The mlp normally takes the written-out baddbmm path; the vmap path must agree too.
+    worst, apart = compare("mlp", torch.float32, recipe, natural=False, grouped_kernels=False)
+    assert worst <= 1e-4, f"mlp via vmap differs from one-at-a-time by {worst:.2e}"
+    assert apart > 1e-2
+
+
+def test_linear_plan_takes_only_plain_fully_connected_stacks():
+    from unlearn_core.models import Classifier, create_model
+    from unlearn_core.train._stacked_linear import linear_plan
+
+    assert linear_plan(create_model("mlp", 10, 1, 8)) == [
+        ("flatten", "body.0"), ("linear", "body.1"), ("relu", "body.2"), ("linear", "head")]
+    for name in ("convnet", "lenet", "resnet9"):
+        assert linear_plan(create_model(name, 10, 3, 8)) is None, name
+
+    class Scaled(Classifier):  # a subclass may change forward: not planned
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    mlp = create_model("mlp", 10, 1, 8)
+    assert linear_plan(Scaled(mlp.body, mlp.head)) is None
+    # A Linear before any Flatten would act on the image's last axis only.
+    assert linear_plan(nn.Sequential(nn.Linear(8, 4), nn.Flatten())) is None
+    assert linear_plan(nn.Sequential(nn.Flatten(), nn.Tanh(), nn.Linear(64, 4))) is None
 
 
 @pytest.mark.slow

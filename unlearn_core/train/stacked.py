@@ -8,8 +8,10 @@ The parameters and buffers of the K models are stacked into tensors with a
 leading model axis (``stack_module_state``); one ``vmap``'d ``functional_call``
 forwards all K batches, the sum of the K losses is back-propagated (each model's
 gradient depends only on its own loss), and one ``torch.optim`` optimizer steps
-the stacked tensors. SGD (momentum, Nesterov, weight decay) and Adam are
-element-wise with one learning rate for every element, so a stacked step is, per
+the stacked tensors (stacks of fully connected layers skip ``vmap``: their layer
+products are written out as batched ``baddbmm``, ``_stacked_linear``). SGD
+(momentum, Nesterov, weight decay) and Adam are element-wise with one learning
+rate for every element, so a stacked step is, per
 model, the same arithmetic as that model's own step; only the batched kernels of
 the forward and backward pass round differently (max relative weight difference
 about 1e-6 after a few epochs, ``tests/test_stacked.py``).
@@ -50,6 +52,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from unlearn_core.errors import UserInputError
+from unlearn_core.train._stacked_linear import linear_plan, linear_stack_loss
 from unlearn_core.train.device_data import DeviceData, random_crop_flip
 from unlearn_core.train.loop import (
     FitResult,
@@ -65,9 +68,9 @@ from unlearn_core.train.recipe import Recipe
 # Above this many models per pack, stacking gains nothing measurable (the design notes'
 # 13.5x at 64 small CNNs on one GPU), while a lost pack costs more work.
 MAX_PACK = 64
-# On the CPU, packs of 8 digits MLPs trained faster per model than packs of 32 (1.39x vs
-# 1.28x one at a time, 1 thread; 3.1x vs 3.0x, 2 threads): the stacked tensors of 8
-# models stay in cache.
+# On the CPU, packs of 8 digits MLPs trained faster per model than packs of 32 (1.57x vs
+# 1.34x one at a time, 1 thread, written-out baddbmm; BENCHMARKS.md 2026-12-02): the
+# stacked tensors of 8 models stay in cache.
 CPU_MAX_PACK = 8
 # Share of free device memory (CUDA) or available RAM (CPU) one pack may plan to use:
 # the rest is headroom for the allocator, evaluation and, on the CPU, other workers.
@@ -124,12 +127,15 @@ def fit_stacked(
     recipe: Recipe,
     *,
     seeds: Sequence[int],
+    grouped_kernels: bool = True,
 ) -> list[FitResult]:
     """Train ``models[k]`` in place as ``fit(models[k], data, recipe, seed=seeds[k])`` would.
 
     Returns one ``FitResult`` per model: its own epoch losses, the shared step
     count, and ``seconds`` = the pack's wall time divided by K (each model's share).
     Raises ``StackingUnsupported`` for models that cannot be stacked exactly.
+    ``grouped_kernels``: stacks of fully connected layers run as written-out batched
+    products (``_stacked_linear``, faster); False sends every model through ``vmap``.
     """
     recipe.validate()
     if len(seeds) != len(models):
@@ -146,7 +152,9 @@ def fit_stacked(
     # The structure only: functional_call swaps in the stacked tensors, so the base's
     # own weights are never read (the meta device holds no memory).
     base = copy.deepcopy(models[0]).to("meta").train()
-    batched_loss = vmap(_per_model_loss(base, recipe.label_smoothing))
+    plan = linear_plan(base) if grouped_kernels else None
+    batched_loss = linear_stack_loss(plan, recipe.label_smoothing) if plan is not None \
+        else vmap(_per_model_loss(base, recipe.label_smoothing))
     if recipe.compile:
         batched_loss = torch.compile(batched_loss)
     # The same torch.optim class and settings as one at a time, not its fused kernel: on

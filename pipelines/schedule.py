@@ -14,8 +14,6 @@ before any replicate started. Here one Tune run does it all:
   that method's own ``ASHAScheduler`` (so ASHA compares a trial only with its own
   method's) and lets every other trial run to the end; it starts pending replicates
   before pending sweep trials, since they are the last work of a finished method.
-- A retrain-style method's replicates (``replicate_packs.stacks_replicates``) go out as
-  one trial per pack of up to ``MAX_PACK``, trained stacked and stored one by one.
 
 Records and trial keys are those of ``sweep.run_trial``: a folder written by the
 per-method scheduling resumes here without rerunning anything, and stored trials are
@@ -30,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipelines.keys import replicate_jobs, stable_hash
-from pipelines.replicate_packs import pack_jobs, stacks_replicates
 from pipelines.sweep import (
     MethodPlan,
     SweepContext,
@@ -41,7 +38,6 @@ from pipelines.sweep import (
     sweep_done,
     sweep_records,
 )
-from unlearn_core.train.stacked import MAX_PACK
 
 # progress(stage, n) and on_record(stage, method, trial key), stage "sweep" | "replicate"
 Progress = Callable[[str, int], None]
@@ -75,7 +71,6 @@ class _MethodState:
     optuna_left: int = 0  # Optuna suggestions still to make
     running: set = field(default_factory=set)  # sweep trial ids suggested, not complete
     replicates: deque | None = None  # None until the sweep is over and best is known
-    stacked: bool = False  # replicates go out as stacked packs (``replicate_packs``)
 
     def sweeping(self) -> bool:
         return bool(self.sweep) or self.optuna_left > 0 or bool(self.running)
@@ -123,10 +118,6 @@ def schedule_searcher(ctx: SweepContext, states: list[_MethodState], replicates:
                 state.replicates = deque(
                     j for j in method_replicates(plan, best, replicates)
                     if not _job_done(ctx, j))
-            if state.replicates and state.stacked:  # one trial trains a pack of them
-                take = min(MAX_PACK, len(state.replicates))
-                return _job_config(plan, pack_jobs([state.replicates.popleft()
-                                                    for _ in range(take)])[0])
             if state.replicates:
                 return _job_config(plan, state.replicates.popleft())
             return None
@@ -208,24 +199,17 @@ def _callback(progress: Progress | None, on_record: OnRecord | None):
     class RecordCallback(Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
             method, _, stage = _method_of(trial)
-            result = trial.last_result or {}
-            keys = result.get("trial_keys") or [result.get("trial_key")]  # a pack: several
-            if on_record is not None and method:
-                for key in filter(None, keys):
-                    on_record(stage, method, key)
+            key = (trial.last_result or {}).get("trial_key")
+            if on_record is not None and method and key:
+                on_record(stage, method, key)
             if progress:
-                progress(stage, _jobs_in(trial))
+                progress(stage, 1)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             if progress:
-                progress(_method_of(trial)[2], _jobs_in(trial))
+                progress(_method_of(trial)[2], 1)
 
     return RecordCallback()
-
-
-def _jobs_in(trial) -> int:
-    """How many jobs a Tune trial runs: a replicate pack's size, else one."""
-    return len(((trial.config or {}).get("__job") or {}).get("pack") or [None])
 
 
 def _resources(config: dict):
@@ -241,7 +225,7 @@ def run_schedule(ctx: SweepContext, plans: list[MethodPlan], replicates: int,
     one Tune run (none when every trial is stored); return all their records."""
     states, asha = [], {}
     for plan in plans:
-        state = _MethodState(plan, stacked=stacks_replicates(ctx, plan.method, plan.device))
+        state = _MethodState(plan)
         pending = [j for j in plan.jobs if not _job_done(ctx, j)]
         state.sweep.extend(pending)
         if progress:

@@ -236,10 +236,14 @@ def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
     stored = ctx.store.read_trial(method, key)
     if stored is not None and _is_done(stored, asha=epoch_callback is not None):
         return {**_rescored(ctx, stored), "cached": True}
-    record = new_record(key, method, hparam_values, seed, stage, sweep_key)
+    record = {"trial_key": key, "method": method, "stage": stage, "seed": seed,
+              "sweep_key": sweep_key,
+              "hparams": hparam_values, "status": "ok", "error": None, "metrics": {},
+              "objective": None, "seconds": None}
     device = torch.device(ctx.device)
     # inputs first, outside the method's try: an I/O error here is infrastructure
-    source = load_source(ctx)
+    source = build_model(ctx.source_model, ctx.dataset, seed=0)
+    ctx.store.load_model(ctx.source_key, source)
     recording = None
     if "update_recording" in requirements(method):
         recording = RecordedUpdates(ctx.store.local_updates(ctx.source_key))
@@ -252,7 +256,12 @@ def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
         _refuse_glance(method, hp)
         model = copy.deepcopy(source)  # the copy to unlearn; the task keeps the source
         source = source.to(device)
-        task = trial_task(ctx, method, source, seed, device, recording, extras)
+        task = make_task(
+            ctx.dataset, ctx.manifest, source, model_name=ctx.source_model,
+            train_recipe=Recipe.from_dict(ctx.source_recipe), seed=seed, device=device,
+            zero_glance=is_zero_glance(method), update_recording=recording,
+            extras=extras,
+        )
         task.epoch_callback = epoch_callback
         torch.manual_seed(seed)
         start = time.perf_counter()
@@ -264,77 +273,32 @@ def run_trial(ctx: SweepContext, method: str, hparam_values: dict, seed: int,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         record["seconds"] = time.perf_counter() - start - task.callback_seconds
-        table = evaluate_trial(ctx, record, model, source, task, hp, device)
+        if not _finite_model(model):
+            raise FloatingPointError("diverged: non-finite weights (NaN/inf)")
+        per_split = split_logits(model, ctx.dataset, ctx.manifest, device)
+        if not all(np.isfinite(logits).all() for _, _, logits in per_split.values()):
+            raise FloatingPointError("diverged: non-finite outputs (NaN/inf)")
+        metrics = model_metrics(per_split, mia_max_per_class=ctx.mia_max_per_class, seed=seed)
+        metrics = compared_metrics(metrics, per_split, ctx.references, record["seconds"])
+        metrics.update(_reported(method, task, hp))
+        metrics.update(_probes(ctx, model, source, per_split, seed, device))
+        record["metrics"] = metrics
+        record["objective"] = _objective(ctx, record)
+        table = outputs_table(per_split, method=method,
+                              hparams_hash=stable_hash(hparam_values), seed=seed, model_id=key)
     except StopUnlearning as stop:  # an epoch callback ended the method early
         _mark_stopped(record, stop.epoch, stop.metrics, stop.reason,
                       time.perf_counter() - start - task.callback_seconds, ctx)
     except Exception as err:  # the method's own failure: a result, never fatal to the sweep
-        mark_failed(record, err)
-    commit_trial(ctx, record, table)
-    return record
-
-
-def new_record(key: str, method: str, hparam_values: dict, seed: int, stage: str,
-               sweep_key: str | None) -> dict:
-    return {"trial_key": key, "method": method, "stage": stage, "seed": seed,
-            "sweep_key": sweep_key,
-            "hparams": hparam_values, "status": "ok", "error": None, "metrics": {},
-            "objective": None, "seconds": None}
-
-
-def load_source(ctx: SweepContext) -> torch.nn.Module:
-    """The stored source model, on the CPU (an I/O error here is infrastructure)."""
-    source = build_model(ctx.source_model, ctx.dataset, seed=0)
-    ctx.store.load_model(ctx.source_key, source)
-    return source
-
-
-def trial_task(ctx: SweepContext, method: str, source: torch.nn.Module, seed: int,
-               device: torch.device, recording=None, extras: dict | None = None):
-    """The ``UnlearnTask`` a trial of ``method`` with ``seed`` gets."""
-    return make_task(
-        ctx.dataset, ctx.manifest, source, model_name=ctx.source_model,
-        train_recipe=Recipe.from_dict(ctx.source_recipe), seed=seed, device=device,
-        zero_glance=is_zero_glance(method), update_recording=recording,
-        extras=extras or {},
-    )
-
-
-def evaluate_trial(ctx: SweepContext, record: dict, model: torch.nn.Module,
-                   source: torch.nn.Module, task, hp, device: torch.device):
-    """Check an unlearned model, fill ``record``'s metrics and objective, and return its
-    per-sample outputs table. Raises ``FloatingPointError`` for a diverged model.
-    ``record["seconds"]`` must hold the unlearning time (the metrics compare it)."""
-    method, seed = record["method"], record["seed"]
-    if not _finite_model(model):
-        raise FloatingPointError("diverged: non-finite weights (NaN/inf)")
-    per_split = split_logits(model, ctx.dataset, ctx.manifest, device)
-    if not all(np.isfinite(logits).all() for _, _, logits in per_split.values()):
-        raise FloatingPointError("diverged: non-finite outputs (NaN/inf)")
-    metrics = model_metrics(per_split, mia_max_per_class=ctx.mia_max_per_class, seed=seed)
-    metrics = compared_metrics(metrics, per_split, ctx.references, record["seconds"])
-    metrics.update(_reported(method, task, hp))
-    metrics.update(_probes(ctx, model, source, per_split, seed, device))
-    record["metrics"] = metrics
-    record["objective"] = _objective(ctx, record)
-    return outputs_table(per_split, method=method, hparams_hash=stable_hash(record["hparams"]),
-                         seed=seed, model_id=record["trial_key"])
-
-
-def mark_failed(record: dict, err: BaseException) -> None:
-    """The method's own failure: a result, recorded with its reason."""
-    record["status"] = "failed"
-    record["error"] = f"{type(err).__name__}: {err}"
-    record["traceback"] = traceback.format_exc(limit=5)
-
-
-def commit_trial(ctx: SweepContext, record: dict, table) -> None:
-    """Write the outputs (if any), then the record: the record commits the trial."""
+        record["status"] = "failed"
+        record["error"] = f"{type(err).__name__}: {err}"
+        record["traceback"] = traceback.format_exc(limit=5)
     if record["objective"] is None or not math.isfinite(record["objective"]):
         record["objective"] = _worst(ctx.objective_mode)
     if table is not None:
-        ctx.store.write_outputs(table, "unlearned", record["trial_key"])
-    ctx.store.write_trial(record)
+        ctx.store.write_outputs(table, "unlearned", key)
+    ctx.store.write_trial(record)  # last: the record commits the trial
+    return record
 
 
 def _trainable(config: dict, ctx: SweepContext) -> None:
@@ -347,15 +311,6 @@ def _trainable(config: dict, ctx: SweepContext) -> None:
         from pipelines.asha import asha_trial
 
         return asha_trial(ctx, job)
-    if job is not None and job.get("pack"):  # replicates trained stacked, stored each
-        from pipelines.replicate_packs import run_trial_pack
-
-        records = run_trial_pack(ctx, job["pack"])
-        tune.report({"objective": records[0]["objective"],
-                     "failed": all(r["status"] != "ok" for r in records),
-                     "trial_key": records[0]["trial_key"],
-                     "trial_keys": [r["trial_key"] for r in records]})
-        return None
     if job is not None:  # explicit (method, hparams, seed): drawn on the driver
         record = run_trial(ctx, job["method"], job["hparams"], job["seed"], job["stage"],
                            job.get("sweep_key"))

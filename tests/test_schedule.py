@@ -22,7 +22,6 @@ METHODS = [
     MethodConfig(name="original"),  # one trial: its sweep ends first
     MethodConfig(name="finetune", trials=6, fixed={"epochs": 1}),
     MethodConfig(name="grad_ascent", search="optuna", trials=3, fixed={"epochs": 1}),
-    MethodConfig(name="retrain"),  # its replicates: one stacked pack (replicate_packs)
 ]
 REPLICATES = 2
 
@@ -50,7 +49,7 @@ def test_one_tune_run_and_replicates_start_before_other_sweeps_end(ctx):
     assert len(runs) == 1, runs
 
     assert {m: len(r) for m, r in result.sweeps.items()} == {
-        "original": 1, "finetune": 6, "grad_ascent": 3, "retrain": 1}
+        "original": 1, "finetune": 6, "grad_ascent": 3}
     for method, records in result.sweeps.items():
         assert all(r["status"] == "ok" and r["stage"] == "sweep" for r in records), method
         assert result.best[method] == best_hparams(records, ctx.objective_mode)
@@ -60,9 +59,6 @@ def test_one_tune_run_and_replicates_start_before_other_sweeps_end(ctx):
     for record in replicates:
         assert record["status"] == "ok" and record["stage"] == "replicate"
         assert record["hparams"] == result.best[record["method"]]
-        # retrain's replicates trained together in one trial, the others one per trial
-        assert record.get("stacked_models") == (
-            REPLICATES if record["method"] == "retrain" else None), record["method"]
     # every trial ended once, and original's replicates ran while finetune still swept
     assert sorted(events) == sorted(
         [("sweep", m) for m, r in result.sweeps.items() for _ in r]

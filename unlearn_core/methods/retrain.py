@@ -16,7 +16,6 @@ from unlearn_core.methods.task import UnlearnTask
 from unlearn_core.models import create_model
 from unlearn_core.search import SearchSpace, hparam
 from unlearn_core.train.loop import fit
-from unlearn_core.train.stacked import fit_stacked
 
 REPORTS_EPOCHS = True  # calls task.end_epoch after every epoch
 EPOCHS_HPARAM = "epochs"  # Hparams field: epochs reported (ASHA's time axis); None:
@@ -32,31 +31,12 @@ SEARCH_SPACE: SearchSpace = {}
 
 
 def unlearn(model: nn.Module, task: UnlearnTask, hp: Hparams) -> nn.Module:
-    recipe = _recipe(task, hp)
-    fresh = _fresh_model(task, task.seed)
-    fit(fresh, task.retain, recipe, seed=task.seed, hooks=[EpochEnd(task)])
-    return fresh
-
-
-def unlearn_stacked(task: UnlearnTask, hp: Hparams, seeds: list[int]) -> list[nn.Module]:
-    """``unlearn`` for each seed (``task`` with its ``seed`` replaced), trained together
-    stacked (``fit_stacked``): model k is what ``unlearn`` gives with seed ``seeds[k]``,
-    to float rounding. No epoch hook: used for replicates, which ASHA never stops.
-    Raises ``StackingUnsupported`` for a model that cannot be stacked exactly."""
-    recipe = _recipe(task, hp)
-    fresh = [_fresh_model(task, seed) for seed in seeds]
-    fit_stacked(fresh, task.retain, recipe, seeds=list(seeds))
-    return fresh
-
-
-def _recipe(task: UnlearnTask, hp: Hparams):
     if task.train_recipe is None or not task.model_name:
         raise ValueError("retrain needs the source's model name and training recipe in the task")
-    return task.train_recipe if hp.epochs is None else replace(task.train_recipe,
-                                                               epochs=hp.epochs)
-
-
-def _fresh_model(task: UnlearnTask, seed: int) -> nn.Module:
+    recipe = task.train_recipe if hp.epochs is None else replace(task.train_recipe,
+                                                                 epochs=hp.epochs)
     images = task.retain.images
-    torch.manual_seed(seed)  # the initialisation comes from the seed, as for a reference
-    return create_model(task.model_name, task.num_classes, images.shape[1], images.shape[2])
+    torch.manual_seed(task.seed)
+    fresh = create_model(task.model_name, task.num_classes, images.shape[1], images.shape[2])
+    fit(fresh, task.retain, recipe, seed=task.seed, hooks=[EpochEnd(task)])
+    return fresh

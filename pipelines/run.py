@@ -16,14 +16,13 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.assemble import assemble
+from pipelines import assembly_cache
 from pipelines.config import ExperimentConfig
 from pipelines.keys import replicate_seeds, stable_hash
 from pipelines.lock import RunLock
 from pipelines.probes import ProbeSettings, reference_probes
 from pipelines.progress import StageClock, build_plan
 from pipelines.references import is_done, make_units, reference_summary, run_references
-from pipelines.report import write_report
 from pipelines.schedule import run_schedule
 from pipelines.store import ResultsStore
 from pipelines.sweep import SweepContext, plan_method, planned_trials, probe_salt
@@ -281,19 +280,16 @@ def _run_locked(config: ExperimentConfig, store: ResultsStore, tracker: Tracker,
             "config_hash": config.config_hash(),
         })
         clock.mark("assemble")
-        _say("[assemble] tables and plots")
-        assembled = assemble(store)
-        assemble_id = tracker.stage_run("assemble", {"stage": "assemble"}, parent_id)
-        tracker.log_metrics({f"{method}/{k}": v for method, row in assembled["rows"].items()
-                             for k, v in row.get("fscore", {}).items()}, run_id=assemble_id)
-        for path in sorted(Path(assembled["tables"]).iterdir()):
-            tracker.log_artifact(path, "tables", run_id=assemble_id)
-        for path in assembled["plots"]:
-            tracker.log_artifact(path, "plots", run_id=assemble_id)
-        shutil.rmtree(Path(assembled["tables"]).parent, ignore_errors=True)  # local staging
-        clock.finish()
-        tracker.log_artifact(write_report(store, Path(staging) / "report.html"),
-                             run_id=assemble_id)  # one self-contained HTML file
+        # the inputs as this assembly reads them, and where its tables are logged
+        inputs = assembly_cache.fingerprint(store, uri, parent_id)
+        if assembly_cache.unchanged(store, inputs):
+            _say("[assemble] nothing changed since the last assembly: its tables stand")
+            assembled = {"markdown": store.store.read_text("tables/results.md")}
+            clock.finish()
+        else:
+            _say("[assemble] tables and plots")
+            assembled = _assemble_and_log(store, tracker, parent_id, clock, Path(staging))
+            assembly_cache.mark(store, inputs)  # last: the tables and their logging are done
     elapsed = time.perf_counter() - started
     _say("")
     _say(assembled["markdown"])
@@ -302,6 +298,28 @@ def _run_locked(config: ExperimentConfig, store: ResultsStore, tracker: Tracker,
     _say(f"mlflow   {uri}   (view: mlflow ui --backend-store-uri {uri})")
     _say(f"done in {elapsed:.1f}s")
     return {"store": store, "uri": uri, "assembled": assembled, "seconds": elapsed}
+
+
+def _assemble_and_log(store: ResultsStore, tracker, parent_id: str, clock,
+                      staging: Path) -> dict:
+    """Assemble the tables and plots and log them, with the HTML report, to MLflow."""
+    # imported here: scikit-learn, matplotlib and the metrics cost ~2 s of every CLI call
+    from pipelines.assemble import assemble
+    from pipelines.report import write_report
+
+    assembled = assemble(store)
+    assemble_id = tracker.stage_run("assemble", {"stage": "assemble"}, parent_id)
+    tracker.log_metrics({f"{method}/{k}": v for method, row in assembled["rows"].items()
+                         for k, v in row.get("fscore", {}).items()}, run_id=assemble_id)
+    for path in sorted(Path(assembled["tables"]).iterdir()):
+        tracker.log_artifact(path, "tables", run_id=assemble_id)
+    for path in assembled["plots"]:
+        tracker.log_artifact(path, "plots", run_id=assemble_id)
+    shutil.rmtree(Path(assembled["tables"]).parent, ignore_errors=True)  # local staging
+    clock.finish()
+    tracker.log_artifact(write_report(store, staging / "report.html"),
+                         run_id=assemble_id)  # one self-contained HTML file
+    return assembled
 
 
 def _device(config: ExperimentConfig) -> str:

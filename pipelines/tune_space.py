@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray import tune
-
 from unlearn_core.errors import UserInputError
 from unlearn_core.search import (
     Choice,
@@ -29,6 +27,8 @@ def domain_from_config(key: str, spec: dict[str, Any]) -> Domain:
 
 def to_tune(domain: Domain, grid: bool = False, grid_points: int = 3):
     """One neutral domain -> a ray.tune sampler (or grid_search when ``grid``)."""
+    from ray import tune  # on first use: a run with every trial stored never needs Ray
+
     if grid:
         return tune.grid_search(domain.grid(grid_points))
     if isinstance(domain, Uniform):

@@ -81,6 +81,8 @@ def test_smoke_run_then_rerun_trains_nothing(tmp_path, capsys):
                             num_cpus=2)
     assert snapshot(root) == before, "a re-run must not train or rewrite anything"
     assert (root / "tables" / "results.md").read_text() == table
+    # nothing new to assemble: the tables stand (assembly_cache), and say so
+    assert "nothing changed since the last assembly" in capsys.readouterr().out
     assert second["seconds"] < first["seconds"]
     print(f"first {first['seconds']:.1f}s, re-run {time.perf_counter() - start:.1f}s")
 

@@ -223,6 +223,14 @@ class Store:
                       for info in self._files(rel, recursive)
                       if not suffix or info.base_name.endswith(suffix))
 
+    def file_stats(self, rel: str = "") -> list[tuple[str, int, int | None]]:
+        """(relative path, bytes, modification time in ns or None) of every committed file
+        under ``rel``, recursively, sorted by path."""
+        prefix = self.base + "/"
+        return sorted((info.path[len(prefix):] if info.path.startswith(prefix) else info.path,
+                       int(info.size), info.mtime_ns)
+                      for info in self._files(rel, recursive=True))
+
     def _files(self, rel: str, recursive: bool) -> list[pafs.FileInfo]:
         """Infos of the committed files under ``rel`` (no part of the path named ``.*``)."""
         root = self.path(rel)

@@ -23,9 +23,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
-from sklearn.svm import SVC
 
 from .common import LOG_FLOOR, SplitOutputs, as_logits_labels, cross_entropy, softmax
 
@@ -105,6 +102,8 @@ def svc_attack(
     (seed 004's MIA-efficacy = TN/|D_f|). nan if any set is empty."""
     if len(member) == 0 or len(nonmember) == 0 or len(target) == 0:
         return float("nan")
+    from sklearn.svm import SVC  # imported on first use: ~1 s of every CLI call otherwise
+
     rng = np.random.default_rng(seed)
     m, n = balanced_subsample(member, nonmember, rng, max_per_class)
     x = np.concatenate([m, n]).reshape(len(m) + len(n), -1)
@@ -172,6 +171,9 @@ def loss_lr_mia(
         return {"mia/loss_lr/accuracy": float("nan")}
     x = np.concatenate([t, f])[:, None]
     y = np.concatenate([np.zeros(len(t)), np.ones(len(f))])
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
+
     cv = StratifiedShuffleSplit(n_splits=n_splits, random_state=seed)
     scores = cross_val_score(LogisticRegression(), x, y, cv=cv, scoring="accuracy")
     return {"mia/loss_lr/accuracy": float(scores.mean())}

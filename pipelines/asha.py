@@ -1,13 +1,13 @@
 """ASHA sweeps (``search: asha``): the Ray Tune side of per-epoch reporting.
 
 Configs are drawn on the driver as for ``random`` (``sweep.plan_method``); each
-trial runs ``sweep.run_trial`` with an ``EpochReporter`` as the method's epoch
+trial runs ``trial.run_trial`` with an ``EpochReporter`` as the method's epoch
 callback, which evaluates the model after every epoch but the last and reports
 it to the method's own ``ASHAScheduler`` (time = epochs; ``schedule.py`` routes each
 ASHA trial to its method's). A trial the scheduler stops is
 recorded by the driver (``stopped_trial_recorder``) with ``status: "stopped"``
 and the metrics of its last reported epoch. Record rules (what counts as done,
-how a record is marked stopped) live in ``sweep.py`` beside ``run_trial``.
+how a record is marked stopped) live in ``trial.py`` beside ``run_trial``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch
 
 from pipelines.evaluate import epoch_metrics
 from pipelines.keys import normalise_hparams
-from pipelines.sweep import SweepContext, _job_key, _mark_stopped, run_trial
+from pipelines.sweep import _job_key
+from pipelines.trial import SweepContext, _mark_stopped, run_trial
 from unlearn_core.methods import epochs_hparam, make_hparams
 from unlearn_core.outputs import split_logits
 

@@ -25,8 +25,9 @@ from pipelines.progress import StageClock, build_plan
 from pipelines.references import is_done, make_units, reference_summary, run_references
 from pipelines.schedule import run_schedule
 from pipelines.store import ResultsStore
-from pipelines.sweep import SweepContext, plan_method, planned_trials, probe_salt
+from pipelines.sweep import plan_method, planned_trials
 from pipelines.tracking import Tracker, absolute_tracking_uri, git_commit
+from pipelines.trial import SweepContext, probe_salt
 from unlearn_core.data.datasets import load_dataset
 from unlearn_core.data.manifest import SplitOptions, make_manifest
 from unlearn_core.methods import requirements

@@ -15,7 +15,7 @@ before any replicate started. Here one Tune run does it all:
   method's) and lets every other trial run to the end; it starts pending replicates
   before pending sweep trials, since they are the last work of a finished method.
 
-Records and trial keys are those of ``sweep.run_trial``: a folder written by the
+Records and trial keys are those of ``trial.run_trial``: a folder written by the
 per-method scheduling resumes here without rerunning anything, and stored trials are
 skipped on the driver (no Ray started when nothing is left).
 """
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pipelines.keys import replicate_jobs, stable_hash
 from pipelines.sweep import (
     MethodPlan,
-    SweepContext,
     _job_done,
     _trainable,
     best_hparams,
@@ -38,6 +37,7 @@ from pipelines.sweep import (
     sweep_done,
     sweep_records,
 )
+from pipelines.trial import SweepContext
 
 # progress(stage, n) and on_record(stage, method, trial key), stage "sweep" | "replicate"
 Progress = Callable[[str, int], None]

@@ -45,7 +45,7 @@ def make_sweep_context(tmp_path, max_retries: int):
 
     from pipelines.evaluate import ReferenceSummary
     from pipelines.store import ResultsStore
-    from pipelines.sweep import SweepContext
+    from pipelines.trial import SweepContext
     from unlearn_core.data.manifest import make_manifest
     from unlearn_core.train.recipe import Recipe
     from unlearn_core.train.source import build_model

@@ -163,7 +163,7 @@ def test_callback_does_not_change_the_weights(trained, name):
 def sweep_ctx(tmp_path, trained):
     from pipelines.evaluate import ReferenceSummary
     from pipelines.store import ResultsStore
-    from pipelines.sweep import SweepContext
+    from pipelines.trial import SweepContext
     ds, manifest, recipe, source, _ = trained
     store = ResultsStore.create(tmp_path, "t")
     store.save_model("src", source, {})
@@ -180,7 +180,8 @@ def sweep_ctx(tmp_path, trained):
 
 def test_stopped_trial_recorded_once_and_rerun_only_outside_asha(sweep_ctx):
     from pipelines.evaluate import epoch_metrics
-    from pipelines.sweep import _job_done, run_trial
+    from pipelines.sweep import _job_done
+    from pipelines.trial import run_trial
     from unlearn_core.outputs import split_logits
 
     ctx = sweep_ctx

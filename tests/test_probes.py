@@ -10,7 +10,7 @@ import pytest
 from pipelines.config import parse_config
 from pipelines.probes import ProbeSettings, probe_model, reference_probes
 from pipelines.store import ResultsStore
-from pipelines.sweep import probe_salt, trial_key
+from pipelines.trial import probe_salt, trial_key
 from tests.conftest import make_dataset
 from unlearn_core.data.manifest import make_manifest
 from unlearn_core.errors import UserInputError

@@ -15,7 +15,8 @@ from pipelines.keys import (
     replicate_jobs,
     replicate_seeds,
 )
-from pipelines.sweep import sweep_method, trial_key
+from pipelines.sweep import sweep_method
+from pipelines.trial import trial_key
 
 
 def test_sweep_seed_is_the_one_sweeps_use():

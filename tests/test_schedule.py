@@ -9,7 +9,8 @@ import pytest
 
 from pipelines.config import MethodConfig
 from pipelines.keys import REPLICATE_SEED_OFFSET
-from pipelines.sweep import SweepContext, best_hparams, plan_method
+from pipelines.sweep import best_hparams, plan_method
+from pipelines.trial import SweepContext
 from tests.conftest import make_sweep_context
 
 

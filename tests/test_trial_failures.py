@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from pipelines.store import ResultsStore
-from pipelines.sweep import SweepContext, job_records, run_trial, trial_key
+from pipelines.sweep import job_records
+from pipelines.trial import SweepContext, run_trial, trial_key
 from tests.conftest import make_sweep_context
 
 

@@ -299,7 +299,7 @@ def test_registered_zero_glance_methods_exist():
 def sweep_ctx(tmp_path, trained):
     from pipelines.evaluate import ReferenceSummary, model_metrics
     from pipelines.store import ResultsStore
-    from pipelines.sweep import SweepContext
+    from pipelines.trial import SweepContext
     from unlearn_core.outputs import split_logits
 
     ds, manifest, recipe, source = trained
@@ -321,7 +321,7 @@ def sweep_ctx(tmp_path, trained):
 
 def test_sweep_hands_a_zero_glance_method_nothing_forbidden(sweep_ctx, monkeypatch, trained):
     from pipelines.asha import EpochReporter
-    from pipelines.sweep import run_trial
+    from pipelines.trial import run_trial
 
     ds, manifest, _, source = trained
     module = get_method("unsir")
@@ -340,7 +340,7 @@ def test_sweep_hands_a_zero_glance_method_nothing_forbidden(sweep_ctx, monkeypat
 
 
 def test_retrain_model_only_for_methods_that_ask(sweep_ctx, monkeypatch):
-    from pipelines.sweep import _extras, run_trial
+    from pipelines.trial import _extras, run_trial
 
     device = torch.device("cpu")
     asks = make_hparams("topk_perturb", {"js_reference": "retrain", "lam": 0.1})
@@ -383,7 +383,7 @@ def test_zero_glance_objective_ignores_the_forget_split(sweep_ctx, trained):
         heldout_metrics,
         model_metrics,
     )
-    from pipelines.sweep import objective_context
+    from pipelines.trial import objective_context
     from unlearn_core.outputs import split_logits
 
     ds, manifest, _, source = trained
@@ -433,7 +433,7 @@ def test_zero_glance_objective_ignores_the_forget_split(sweep_ctx, trained):
 
 
 def test_trial_objective_of_a_zero_glance_method_is_heldout(sweep_ctx):
-    from pipelines.sweep import run_trial
+    from pipelines.trial import run_trial
 
     record = run_trial(sweep_ctx, "unsir", CHEAP["unsir"], 0, "sweep")
     assert record["objective"] == record["metrics"]["heldout/disparity"]
@@ -447,7 +447,8 @@ def test_trial_objective_of_a_zero_glance_method_is_heldout(sweep_ctx):
 
 def test_fixed_mode_runs_seed_003_values_once(sweep_ctx):
     from pipelines.config import MethodConfig
-    from pipelines.sweep import planned_trials, run_trial, sweep_method
+    from pipelines.sweep import planned_trials, sweep_method
+    from pipelines.trial import run_trial
 
     ctx = dataclasses.replace(sweep_ctx, zero_glance_objective="fixed")
     method_cfg = MethodConfig(name="unsir", trials=5, fixed=CHEAP["unsir"])

@@ -124,6 +124,29 @@ def test_linear_plan_takes_only_plain_fully_connected_stacks():
     assert linear_plan(nn.Sequential(nn.Flatten(), nn.Tanh(), nn.Linear(64, 4))) is None
 
 
+def test_written_out_stack_matches_vmap_on_unusual_stacks():
+    # ReLU straight after Flatten (on the caller's batch), two ReLUs in a row, a bias-free
+    # layer: the in-place ReLU must never touch what autograd or the caller still needs.
+    from unlearn_core.train._stacked_linear import linear_plan
+
+    dataset = make_dataset(n=40, channels=1, size=8)
+    data = DeviceData.from_dataset(dataset, range(40))
+
+    def build(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Linear(64, 32, bias=False),
+                             nn.ReLU(), nn.ReLU(), nn.Identity(), nn.Linear(32, 4))
+
+    assert linear_plan(build(0)) is not None
+    grouped = [build(s) for s in SEEDS]
+    mapped = [build(s) for s in SEEDS]
+    before = data.images.clone()
+    fit_stacked(grouped, data, SGD, seeds=SEEDS)
+    fit_stacked(mapped, data, SGD, seeds=SEEDS, grouped_kernels=False)
+    assert torch.equal(data.images, before)
+    assert max(worst_relative(a, b) for a, b in zip(mapped, grouped, strict=True)) <= 1e-5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,recipe", [
     ("mlp", SGD), ("convnet", SGD), ("lenet", SGD), ("allcnn", SGD), ("resnet9", SGD),

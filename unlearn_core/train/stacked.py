@@ -68,8 +68,8 @@ from unlearn_core.train.recipe import Recipe
 # Above this many models per pack, stacking gains nothing measurable (the design notes'
 # 13.5x at 64 small CNNs on one GPU), while a lost pack costs more work.
 MAX_PACK = 64
-# On the CPU, packs of 8 digits MLPs trained faster per model than packs of 32 (1.57x vs
-# 1.34x one at a time, 1 thread, written-out baddbmm; BENCHMARKS.md 2026-12-02): the
+# On the CPU, packs of 8 digits MLPs trained faster per model than packs of 32 (1.76x vs
+# 1.41x one at a time, 1 thread, written-out baddbmm; BENCHMARKS.md 2026-12-02): the
 # stacked tensors of 8 models stay in cache.
 CPU_MAX_PACK = 8
 # Share of free device memory (CUDA) or available RAM (CPU) one pack may plan to use:

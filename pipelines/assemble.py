@@ -57,6 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from pipelines import assembly_cache
 from pipelines.many_model import (
     FSCORE_BOOT,
     ULIRA_MIN_MODELS,
@@ -424,6 +425,9 @@ def assemble(store: ResultsStore | str | Path, workers: int | None = None,
     ``metrics.fscore_bootstrap``).
     """
     store = _open(store)
+    # whatever this writes (another bootstrap, say) is not what ``unlearn run`` logged:
+    # its next re-run must assemble again rather than keep these tables
+    store.store.delete(assembly_cache.MARKER)
     config = _run_config(store)
     if bootstrap is None:
         bootstrap = int((config.get("metrics") or {}).get("fscore_bootstrap", FSCORE_BOOT))

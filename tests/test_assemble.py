@@ -548,3 +548,17 @@ def test_mia_gap_is_the_gap_of_the_means():
     assert cells["far"]["Conf. gap"] == "40.00" and cells["far"]["Mean gap"] == "40.00"
     assert cells["m"]["Conf."] == "20.00 ± 10.00"
     assert cells["retrain"]["Conf. gap"] == "–" and cells["retrain"]["Mean gap"] == "–"
+
+
+def test_any_assembly_drops_the_run_s_kept_tables_marker(tmp_path):
+    # `unlearn tables` (say with another bootstrap) rewrites tables/ that `unlearn run`
+    # did not log: the run's next re-run must assemble again, not keep them
+    from pipelines import assembly_cache
+    from pipelines.store import ResultsStore
+
+    root = tmp_path / EXPERIMENT
+    make_results(root, n_refs=4, methods={"good": [_base(0.1)] * 2}, extras=False)
+    store = ResultsStore.open(str(root))
+    store.write_json(assembly_cache.MARKER, {"inputs": "x"})
+    assemble(root, bootstrap=0)
+    assert not store.exists(assembly_cache.MARKER)

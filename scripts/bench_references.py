@@ -19,7 +19,7 @@ when Ray is missing (a GPU machine with torch alone).
     python scripts/bench_references.py --dataset digits --model mlp --count 32
     python scripts/bench_references.py --dataset mnist --mnist-root DIR --model lenet \\
         --count 8 --epochs 2 --no-pipeline
-    # CUDA: 64 small CNNs
+    # CUDA: 64 small CNNs (--dataset synthetic where no MNIST files are at hand)
     python scripts/bench_references.py --device cuda --dataset mnist --mnist-root DIR \\
         --model convnet --count 64 --epochs 2 --packs auto --no-pipeline
 """
@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from unlearn_core.data.datasets import load_dataset
+from unlearn_core.data.synthetic import random_images
 from unlearn_core.data.types import ImageDataset
 from unlearn_core.models import create_model
 from unlearn_core.train.device_data import DeviceData
@@ -209,7 +210,9 @@ def print_table(title: str, rows: list[tuple]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
+    parser.add_argument("--dataset", choices=("digits", "mnist", "synthetic"), default="digits",
+                        help="synthetic: 10 000 random 1x28x28 images, MNIST's shape (for a "
+                        "GPU machine without dataset files; speed only)")
     parser.add_argument("--mnist-root", help="folder with t10k-images-idx3-ubyte(.gz) and "
                         "t10k-labels-idx1-ubyte(.gz) (the official test set is enough)")
     parser.add_argument("--model", default="mlp")
@@ -231,6 +234,8 @@ def main() -> None:
         if not args.mnist_root:
             parser.error("--dataset mnist needs --mnist-root")
         dataset = load_dataset("mnist", root=args.mnist_root)
+    elif args.dataset == "synthetic":
+        dataset = random_images(10_000, 1, 28, 10, natural=False)
     else:
         dataset = load_dataset("digits")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"

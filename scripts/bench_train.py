@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from unlearn_core.data.synthetic import random_images
 from unlearn_core.data.types import ImageDataset
 from unlearn_core.models import create_model
 from unlearn_core.train import DeviceData, Recipe, fit
@@ -38,14 +39,7 @@ from unlearn_core.train.loop import autocast
 
 
 def synthetic(n: int, channels: int, size: int, classes: int) -> ImageDataset:
-    g = torch.Generator().manual_seed(0)
-    return ImageDataset(
-        name="bench",
-        images=torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8),
-        labels=torch.randint(0, classes, (n,), generator=g),
-        num_classes=classes,
-        natural_images=True,
-    )
+    return random_images(n, channels, size, classes, natural=True)
 
 
 class HostAugmented(Dataset):

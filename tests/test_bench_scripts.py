@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,17 @@ def test_the_blocker_blocks(tmp_path):
     done = subprocess.run([sys.executable, "-c", BLOCKER, str(probe)], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode != 0 and "blocked by the test" in done.stderr
+
+
+def test_gpu_benchmark_script_runs_its_commands(tmp_path):
+    # scripts/gpu_benchmarks.sh is what a GPU session runs as is: its commands, tiny and
+    # on the CPU, with no dataset files (random MNIST-shaped images)
+    env = {**os.environ, "DEVICE": "cpu", "QUICK": "1",
+           "MNIST_ROOT": str(tmp_path / "absent")}
+    done = subprocess.run(["bash", str(ROOT / "scripts/gpu_benchmarks.sh"), str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "synthetic (10000 images" in (tmp_path / "bench_references_cpu.txt").read_text()
+    assert "| stacked K=2 |" in (tmp_path / "bench_references_cpu.txt").read_text()
+    assert "ours / plain_gpu_data:" in (tmp_path / "bench_train_cpu.txt").read_text()
+    assert (tmp_path / "device.txt").read_text().startswith("torch ")

@@ -201,10 +201,8 @@ class ResultsStore:
         """{relative path: modification time (s since the epoch)} of the committed files
         under ``rel``, from one listing: progress is counted from it without reading
         every object (on an object store a read is a request, a listing is one per 1000)."""
-        prefix = self.store.base + "/"
-        return {info.path.removeprefix(prefix): info.mtime_ns / 1e9
-                for info in self.store._files(rel, recursive=True)
-                if info.base_name.endswith(suffix) and info.mtime_ns is not None}
+        return {path: mtime / 1e9 for path, _, mtime in self.store.file_stats(rel, suffix)
+                if mtime is not None}
 
     def trials_table(self) -> pa.Table:
         """Trials as an Arrow table: one row per trial, hparams and metrics as JSON text."""

@@ -65,9 +65,9 @@ def fingerprint(store: ResultsStore, *extra: object) -> str:
 
 def unchanged(store: ResultsStore, print_: str) -> bool:
     """Whether the last assembly read exactly these inputs and its main table is there."""
-    if not store.exists(MARKER) or not store.exists("tables/results.md"):
-        return False
-    return store.read_json(MARKER).get("inputs") == print_
+    marker = store.read_json_or_none(MARKER)
+    return marker is not None and marker.get("inputs") == print_ \
+        and store.exists("tables/results.md")
 
 
 def mark(store: ResultsStore, print_: str) -> None:

@@ -62,10 +62,7 @@ class RunLock:
         self.lost = False  # set when another run took the lock over from us
 
     def _read(self) -> dict | None:
-        try:
-            return self.store.read_json(LOCK_FILE)
-        except FileNotFoundError:
-            return None
+        return self.store.read_json_or_none(LOCK_FILE)
 
     def _write(self) -> None:
         self.store.write_json(LOCK_FILE, {**self.claim, "renewed": time.time()})

@@ -33,13 +33,6 @@ REPORT_FILE = "report.html"
 EPS_BINS = np.linspace(0, 50, 51)  # per-example ε lies in [0, 50] (fscore.py)
 
 
-def _read_json(store: ResultsStore, rel: str) -> dict:
-    try:
-        return store.read_json(rel)
-    except FileNotFoundError:
-        return {}
-
-
 def read_epsilons(store: ResultsStore) -> dict[str, np.ndarray]:
     """{method: per-example ε} as assembled (empty when not stored)."""
     rel = f"tables/{EPSILONS_FILE}"
@@ -90,7 +83,7 @@ def provenance_items(store: ResultsStore, plan: dict, summary: dict, config_text
 
     prov = plan.get("provenance", {})
     hardware = prov.get("hardware", {})
-    stages = _read_json(store, ResultsStore.STAGES_FILE)
+    stages = store.read_json_or_none(ResultsStore.STAGES_FILE) or {}
     items = [
         ("results", store.uri),
         ("git commit", prov.get("git_commit", "unknown")),
@@ -114,7 +107,7 @@ def provenance_items(store: ResultsStore, plan: dict, summary: dict, config_text
 def experiment_section(store: ResultsStore, config: dict, anchor: str) -> str:
     """Everything about one experiment, as one HTML section."""
     plan = store.read_plan() or {}
-    summary = _read_json(store, "summary.json")
+    summary = store.read_json_or_none("summary.json") or {}
     config_text = store.store.read_text("config.yaml") if store.exists("config.yaml") else ""
     parts = [f'<section id="{anchor}"><h2>{h.escape(store.experiment)}</h2>']
     try:

@@ -98,12 +98,6 @@ class StatusReader:
         self._records: dict[str, tuple[float, dict]] = {}
         self._fallback_plan: dict | None = None
 
-    def _read_json(self, rel: str) -> dict | None:
-        try:
-            return self.store.read_json(rel)
-        except FileNotFoundError:
-            return None
-
     def _plan(self) -> tuple[dict, bool]:
         plan = self.store.read_plan()
         if plan is not None:
@@ -117,7 +111,8 @@ class StatusReader:
         times = self.store.file_times("trials", ".json")
         stale = [p for p, t in times.items() if self._records.get(p, (None,))[0] != t]
         with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(stale)))) as pool:
-            for path, record in zip(stale, pool.map(self._read_json, stale), strict=True):
+            records = pool.map(self.store.read_json_or_none, stale)
+            for path, record in zip(stale, records, strict=True):
                 if record is not None:
                     self._records[path] = (times[path], record)
         self._records = {p: v for p, v in self._records.items() if p in times}
@@ -128,7 +123,7 @@ class StatusReader:
         """Mean training seconds of a few stored references over the reference workers
         (None when none is stored yet)."""
         done = [k for k in plan.get("references", []) if f"models/{k}.json" in models][:8]
-        infos = [self._read_json(f"models/{k}.json") or {} for k in done]
+        infos = [self.store.read_json_or_none(f"models/{k}.json") or {} for k in done]
         seconds = [i["train_seconds"] for i in infos if _finite(i.get("train_seconds"))]
         if not seconds:
             return None
@@ -142,8 +137,8 @@ class StatusReader:
             raise UserInputError(f"{store.uri} holds no experiment (no config.yaml, lock.json "
                                  "or plan.json); start one with `unlearn run`")
         plan, planned = self._plan()
-        lock = self._read_json(LOCK_FILE)
-        clock = self._read_json(ResultsStore.STAGES_FILE) or {}
+        lock = self.store.read_json_or_none(LOCK_FILE)
+        clock = self.store.read_json_or_none(ResultsStore.STAGES_FILE) or {}
         state, holder = _state(lock, clock, store.exists("summary.json"), now)
         models = store.file_times("models", ".json")
         refs = plan.get("references", [])

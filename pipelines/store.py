@@ -71,6 +71,9 @@ class ResultsStore:
     def read_json(self, rel: str) -> dict:
         return self.store.read_json(rel)
 
+    def read_json_or_none(self, rel: str) -> dict | None:
+        return self.store.read_json_or_none(rel)
+
     def write_json(self, rel: str, data: dict) -> None:
         self.store.write_json(rel, data)
 
@@ -167,10 +170,7 @@ class ResultsStore:
 
     def read_trial(self, method: str, key: str) -> dict | None:
         """A committed trial record, or None when the trial has none (yet)."""
-        try:
-            return self.store.read_json(self.trial_rel(method, key))
-        except FileNotFoundError:
-            return None
+        return self.store.read_json_or_none(self.trial_rel(method, key))
 
     def write_trial(self, record: dict) -> None:
         self.store.write_json(self.trial_rel(record["method"], record["trial_key"]), record)
@@ -192,10 +192,7 @@ class ResultsStore:
         self.store.write_json(self.PLAN_FILE, plan)
 
     def read_plan(self) -> dict | None:
-        try:
-            return self.store.read_json(self.PLAN_FILE)
-        except FileNotFoundError:
-            return None
+        return self.store.read_json_or_none(self.PLAN_FILE)
 
     def file_times(self, rel: str, suffix: str = "") -> dict[str, float]:
         """{relative path: modification time (s since the epoch)} of the committed files

@@ -205,6 +205,13 @@ class Store:
     def read_json(self, rel: str) -> dict:
         return json.loads(self.read_bytes(rel))
 
+    def read_json_or_none(self, rel: str) -> dict | None:
+        """``read_json``, or None when the object does not exist (one request either way)."""
+        try:
+            return self.read_json(rel)
+        except FileNotFoundError:
+            return None
+
     def write_json(self, rel: str, data: dict) -> None:
         self.write_text(rel, json.dumps(data, indent=1, sort_keys=True, default=float))
 

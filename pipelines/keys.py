@@ -49,6 +49,16 @@ def replicate_seeds(count: int, sweep_seeds: frozenset[int] | set[int] = SWEEP_S
     return seeds
 
 
+def best_record(records: list[dict], mode: str) -> dict | None:
+    """The best of ``records`` by ``objective`` (``mode`` "min" or "max"), ties going to
+    the first trial key; None when there are none. The one selection rule of the sweep
+    (``sweep.best_hparams``) and of ``unlearn status``."""
+    if not records:
+        return None
+    pick = min if mode == "min" else max
+    return pick(sorted(records, key=lambda r: r["trial_key"]), key=lambda r: r["objective"])
+
+
 def replicate_jobs(best: Mapping[str, dict | None], count: int) -> list[dict]:
     """The replicate stage's jobs: each method's best hparams x ``replicate_seeds(count)``,
     in method then seed order; a method without a best config (every trial failed) has

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from pipelines.keys import best_record
 from pipelines.lock import LOCK_FILE, _pid_alive
 from pipelines.progress import build_plan
 from pipelines.store import ResultsStore
@@ -203,11 +204,9 @@ def _method_progress(name: str, planned: int, replicate_seeds: Sequence[int], mo
         kind = record.get("status")
         if kind in ("ok", "failed", "stopped"):
             setattr(progress, kind, getattr(progress, kind) + 1)
-    ok = [r for r in sweep if r.get("status") == "ok" and _finite(r.get("objective"))]
-    if ok:
-        pick = min if mode == "min" else max
-        # the same choice as sweep.best_hparams: ties go to the first trial key
-        best = pick(sorted(ok, key=lambda r: r["trial_key"]), key=lambda r: r["objective"])
+    best = best_record([r for r in sweep if r.get("status") == "ok"
+                        and _finite(r.get("objective"))], mode)
+    if best is not None:  # the sweep's own choice (keys.best_record)
         progress.best = float(best["objective"])
         if progress.pending == 0:  # replicates: the best config with the plan's seeds
             wanted, seeds = set(replicate_seeds), {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from pipelines.keys import SWEEP_SEED, normalise_hparams, stable_hash
+from pipelines.keys import SWEEP_SEED, best_record, normalise_hparams, stable_hash
 from pipelines.trial import (
     SweepContext,
     _is_done,
@@ -182,12 +182,8 @@ def sweep_method(ctx: SweepContext, method_cfg, seed: int = SWEEP_SEED, progress
 
 def best_hparams(records: list[dict], mode: str) -> dict | None:
     """The hparams of the best finished trial: failed and ASHA-stopped ones never win."""
-    ok = [r for r in records if r["status"] == "ok"]
-    if not ok:
-        return None
-    pick = min if mode == "min" else max
-    best = pick(sorted(ok, key=lambda r: r["trial_key"]), key=lambda r: r["objective"])
-    return best["hparams"]
+    best = best_record([r for r in records if r["status"] == "ok"], mode)
+    return None if best is None else best["hparams"]
 
 
 def _job_done(ctx: SweepContext, job: dict) -> bool:

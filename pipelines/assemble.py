@@ -58,6 +58,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from pipelines import assembly_cache
+from pipelines.compare import read_config
 from pipelines.many_model import (
     FSCORE_BOOT,
     ULIRA_MIN_MODELS,
@@ -398,15 +399,6 @@ def tensor_order(store: ResultsStore, summary: dict) -> list[str] | None:
         return None
 
 
-def _run_config(store: ResultsStore) -> dict:
-    """The run's config as stored ({} when absent)."""
-    if not store.exists("config.yaml"):
-        return {}
-    import yaml
-
-    return yaml.safe_load(store.store.read_text("config.yaml")) or {}
-
-
 def assemble(store: ResultsStore | str | Path, workers: int | None = None,
              bootstrap: int | None = None) -> dict:
     """Compute the tables and plots, write them to the store; return them.
@@ -428,7 +420,7 @@ def assemble(store: ResultsStore | str | Path, workers: int | None = None,
     # whatever this writes (another bootstrap, say) is not what ``unlearn run`` logged:
     # its next re-run must assemble again rather than keep these tables
     store.store.delete(assembly_cache.MARKER)
-    config = _run_config(store)
+    config = read_config(store)
     if bootstrap is None:
         bootstrap = int((config.get("metrics") or {}).get("fscore_bootstrap", FSCORE_BOOT))
     summary = read_summary(store)  # a UserInputError without summary.json

@@ -78,11 +78,14 @@ def open_experiments(items: Sequence[str | ResultsStore]
     """The experiments' stores and configs; refused when their datasets differ."""
     stores = [i if isinstance(i, ResultsStore) else ResultsStore.open(i) for i in items]
     configs = [read_config(s) for s in stores]
-    names = [s.experiment for s in stores]
-    if len(set(names)) < len(names):  # the same folder name twice: tell them apart
-        names = [s.uri for s in stores]
-    check_same_dataset(names, configs)
+    check_same_dataset(experiment_labels(stores), configs)
     return stores, configs
+
+
+def experiment_labels(stores: Sequence[ResultsStore]) -> list[str]:
+    """Each experiment's name, or every URI when one name is in two results folders."""
+    names = [s.experiment for s in stores]
+    return names if len(set(names)) == len(names) else [s.uri for s in stores]
 
 
 def read_csv_table(store: ResultsStore, name: str) -> tuple[list[str], list[list[str]]] | None:
@@ -108,11 +111,8 @@ def combined_table(stores: Sequence[ResultsStore], configs: Sequence[dict],
         if table is not None:
             columns += [c for c in table[0] if c not in columns]
     header = ["Experiment", *fields, *columns]
-    labels = [s.experiment for s in stores]
-    if len(set(labels)) < len(labels):  # one name in two results folders: their URIs
-        labels = [s.uri for s in stores]
     body = []
-    for label, config, table in zip(labels, flat, tables, strict=True):
+    for label, config, table in zip(experiment_labels(stores), flat, tables, strict=True):
         if table is None:
             continue
         for row in table[1]:

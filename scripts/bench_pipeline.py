@@ -39,8 +39,8 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import torch  # noqa: E402
 
 from pipelines.config import parse_config  # noqa: E402
-from pipelines.reference_packs import auto_pack_size, make_packs, train_pack  # noqa: E402
-from pipelines.references import make_units, run_references, train_unit  # noqa: E402
+from pipelines.reference_packs import auto_pack_size, make_packs  # noqa: E402
+from pipelines.references import _pack_task, make_units, run_references  # noqa: E402
 from pipelines.store import ResultsStore  # noqa: E402
 from unlearn_core.data.datasets import load_dataset  # noqa: E402
 from unlearn_core.data.manifest import make_manifest  # noqa: E402
@@ -86,7 +86,8 @@ def main() -> None:
                 store = ResultsStore.create(folder, "bench")
                 start = time.perf_counter()
                 if mode == "plain":
-                    plain_loop(units, dataset, manifest, store, 1)  # the packs of ray w=1
+                    plain_loop(units, dataset, manifest, store, 1,
+                               config.mia_max_per_class)  # the packs of ray w=1
                 else:
                     run_references(config, units, dataset, manifest, store)
                 timings[mode] = time.perf_counter() - start
@@ -102,17 +103,13 @@ def main() -> None:
                  if args.data_parallel else ""), flush=True)
 
 
-def plain_loop(units, dataset, manifest, store, slots: int) -> None:
+def plain_loop(units, dataset, manifest, store, slots: int, mia_max_per_class: int) -> None:
     """The pipeline's packs (auto size for ``slots`` concurrent tasks), one after the
-    other in this process, as ``_pack_task`` runs each (one torch thread, as one Ray
-    worker with 1 CPU)."""
-    torch.set_num_threads(1)
-    device = torch.device("cpu")
+    other in this process: the very task body a Ray worker runs (``_pack_task``, one
+    torch thread as one worker with 1 CPU), called without Ray."""
     for pack in make_packs(units, dataset, auto_pack_size(units, dataset, slots, False)):
-        if len(pack) == 1:
-            train_unit(pack[0], dataset, manifest, store, device)
-        else:
-            train_pack(pack, dataset, manifest, store, device, fit_memory=True)
+        _pack_task(pack, (dataset, manifest), store, use_gpu=False, cpus=1,
+                   mia_max_per_class=mia_max_per_class, fit_memory=True)
 
 
 if __name__ == "__main__":

@@ -38,10 +38,6 @@ from unlearn_core.train.device_data import channel_stats
 from unlearn_core.train.loop import autocast
 
 
-def synthetic(n: int, channels: int, size: int, classes: int) -> ImageDataset:
-    return random_images(n, channels, size, classes, natural=True)
-
-
 class HostAugmented(Dataset):
     """Per-sample crop + flip + normalise on the host, as a torchvision pipeline would."""
 
@@ -166,8 +162,8 @@ def main() -> None:
     steps_per_epoch = min(args.steps, 50)
     args.epochs = args.steps // steps_per_epoch
     args.steps = args.epochs * steps_per_epoch  # ours runs whole epochs
-    dataset = synthetic(steps_per_epoch * args.batch_size, args.channels, args.image_size,
-                        args.classes)
+    dataset = random_images(steps_per_epoch * args.batch_size, args.channels, args.image_size,
+                            args.classes, natural=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     print(f"device={device} ({name}, {os.cpu_count()} CPUs, torch {torch.__version__}) "
           f"model={args.model} input={args.channels}x{args.image_size}x{args.image_size} "
